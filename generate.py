@@ -1,0 +1,115 @@
+"""Sample text from a trained run.
+
+    python generate.py checkpoints/<run> --temperature 0.8 --words 100 --prompt "the meaning of" --seed 1
+
+The prompt is read by the model first and printed as given; <eos> prints as a newline.
+"""
+import argparse
+import sys
+
+import torch
+
+from checkpoint import CheckpointError, load_model
+from data import EOS, UNK
+
+
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Set to -inf every logit outside the top k and outside the smallest set of mass >= top_p."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p; the first always stays.
+        drop = cum - torch.softmax(sorted_logits, -1) >= top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model, prompt_ids, n, temperature=1.0, top_k=0, top_p=1.0, generator=None, eos_id=0):
+    """Read prompt_ids (or a lone <eos> when empty), then sample n ids, one at a time."""
+    model.eval()
+    device = next(model.parameters()).device
+    context = torch.tensor(prompt_ids or [eos_id], device=device).view(-1, 1)  # (seq_len, batch=1)
+    hidden = model.init_hidden(1)
+    out = []
+    for _ in range(n):
+        logits, hidden = model(context, hidden)
+        logits = filter_logits(logits[-1, 0].float() / temperature, top_k, top_p)
+        probs = torch.softmax(logits, -1)
+        next_id = torch.multinomial(probs.cpu(), 1, generator=generator).item()
+        out.append(next_id)
+        context = torch.tensor([[next_id]], device=device)
+    return out
+
+
+def detokenize(words):
+    """Join words with spaces, with <eos> as a line break."""
+    lines, line = [], []
+    for w in words:
+        if w == EOS:
+            lines.append(" ".join(line))
+            line = []
+        else:
+            line.append(w)
+    return "\n".join(lines + [" ".join(line)])
+
+
+def encode_prompt(prompt, stoi):
+    """Prompt words -> ids, with out-of-vocabulary words as <unk> (and a warning)."""
+    words = prompt.split()
+    missing = [w for w in words if w not in stoi]
+    if missing and UNK not in stoi:
+        raise CheckpointError(f"prompt words not in the vocabulary, which has no {UNK}: "
+                              f"{', '.join(missing)}")
+    if missing:
+        print(f"warning: not in the vocabulary, read as {UNK}: {', '.join(missing)}", file=sys.stderr)
+    return [stoi.get(w, stoi.get(UNK)) for w in words]
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
+    p.add_argument("--words", type=int, default=100, help="number of words to sample (default: 100)")
+    p.add_argument("--prompt", default="", help="text the model reads before sampling (default: none)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="divide the logits by this; < 1 is more conservative, must be > 0 (default: 1)")
+    p.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest words (default: 0, off)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample only among the likeliest words whose mass reaches p (default: 1, off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples (default: random)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    return p
+
+
+def main(argv=None):
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.temperature > 0:
+        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    if args.words < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        parser.error("--words and --top-k must be >= 0 and --top-p in (0, 1]")
+    try:
+        model, ckpt = load_model(args.run, args.device)
+        itos = ckpt["vocab"]
+        stoi = {w: i for i, w in enumerate(itos)}
+        prompt_ids = encode_prompt(args.prompt, stoi)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    generator = torch.Generator()
+    if args.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(args.seed)
+    ids = generate(model, prompt_ids, args.words, args.temperature, args.top_k, args.top_p,
+                   generator, eos_id=stoi[EOS])
+    words = args.prompt.split() + [itos[i] for i in ids]
+    print(detokenize(words))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+import itertools
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+import checkpoint
+import evaluate
+import train
+from data import batchify, load_corpus
+
+
+def metrics(run):
+    """Per-epoch numbers of a run, without the wall-clock fields."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s")} for r in rows]
+
+
+def weights(run, name="last.pt"):
+    return torch.load(run / name, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
+    run, folder = trained_run
+    model, ckpt = checkpoint.load_model(run)
+    best = min(metrics(run), key=lambda r: r["val_loss"])
+    assert ckpt["state"]["epoch"] == best["epoch"]
+    val = batchify(load_corpus(str(folder)).valid, ckpt["train_config"]["eval_batch_size"])
+    assert evaluate.evaluate(model, val, ckpt["train_config"]["bptt"]) == best["val_loss"]
+
+
+def test_checkpoint_holds_only_plain_data_and_loads_weights_only(trained_run):
+    run, _ = trained_run
+    for name in ("model.pt", "last.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        assert {"model", "model_config", "optimizer", "train_config", "state", "vocab", "rng"} <= ckpt.keys()
+        assert ckpt["model_config"]["vocab_size"] == len(ckpt["vocab"])
+
+
+def test_evaluate_cli_reports_test_perplexity_as_json(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    out = tmp_path / "test.json"
+    assert evaluate.main([str(run), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "test" and result["batch_size"] == 1
+    assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
+    assert f"ppl {result['ppl']:.2f}" in capsys.readouterr().out
+    assert evaluate.main([str(run), "--split", "valid"]) == 0
+
+
+def test_resume_after_epoch_one_matches_an_uninterrupted_run(corpus_dir, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ["--data", str(corpus_dir), *TINY, "--dropout", "0.3", "--anneal", "2"]
+    assert train.main([*common, "--save", str(straight), "--epochs", "3"]) == 0
+    assert train.main([*common, "--save", str(split), "--epochs", "1"]) == 0
+    assert train.main(["--resume", str(split), "--epochs", "3"]) == 0
+    assert metrics(split) == metrics(straight)
+    assert_same_weights(weights(split), weights(straight))
+    assert_same_weights(weights(split, "model.pt"), weights(straight, "model.pt"))
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(corpus_dir, tmp_path, monkeypatch):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    common = ["--data", str(corpus_dir), *TINY, "--dropout", "0.3", "--epochs", "2"]
+    assert train.main([*common, "--save", str(straight)]) == 0
+
+    real_step, calls = train.train_step, []
+
+    def step_then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 7:  # a Ctrl-C arrives during the 7th batch of epoch 1
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    assert train.main([*common, "--save", str(stopped)]) == 130
+    saved = torch.load(stopped / "last.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 0 and saved["state"]["step"] == 7
+    assert saved["hidden"] is not None
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert train.main(["--resume", str(stopped)]) == 0
+    assert metrics(stopped) == metrics(straight)
+    assert_same_weights(weights(stopped), weights(straight))
+
+
+def test_lr_is_annealed_when_validation_stops_improving(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    # So large an lr that validation gets worse in some epochs.
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "5", *TINY,
+                       "--lr", "60", "--anneal", "4"]) == 0
+    rows, best, annealed = metrics(run), math.inf, 0
+    for row, following in itertools.pairwise(rows):
+        improved = row["val_loss"] < best
+        best = min(best, row["val_loss"])
+        assert following["lr"] == (row["lr"] if improved else row["lr"] / 4)
+        annealed += not improved
+    assert annealed > 0
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint({"epoch": 1}, path)
+
+    def crash(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoint.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
