@@ -1,11 +1,14 @@
 """Training and evaluation throughput (tokens/s) of the word-level models.
 
     python bench.py --config lstm-small --json results/bench-lstm-small-cpu.json
+    python bench.py --config awd-lstm-wt2 --steps 6 --windows 4 --warmup 2
 
-Training is timed through train.py's own train_step (forward, backward, clip, SGD step) and
-evaluation through evaluate.py's forward pass under no_grad, on real WikiText-2 batches when
-the data are found (else random tokens with its vocabulary size). After a warm-up, several
-windows of --steps batches are timed and the median window is reported.
+Training is timed through train.py's own train_step (forward, backward, clip, SGD step, with
+AR/TAR for AWD-LSTM) and evaluation through the forward pass under no_grad, on real WikiText-2
+batches when the data are found (else random tokens with its vocabulary size). After a warm-up,
+several windows of --steps batches are timed and the median window is reported. For awd-lstm-wt2
+a plain model of identical sizes (nn.LSTM layers, tied decoder, no regularization) is timed in
+the same process, so the ratio shows what the regularizers cost.
 """
 import argparse
 import json
@@ -16,20 +19,58 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
+import train
 from data import DataError, batchify, get_batch, load_corpus
-from model import ModelConfig, build_model, detach_hidden
-from train import train_step
+from model import LMOutput, ModelConfig, build_model, detach_hidden
 
 WT2_VOCAB = 33_278
 CONFIGS = {
     # pytorch/examples word_language_model defaults ("small")
-    "lstm-small": dict(model="lstm", emsize=200, nhid=200, nlayers=2, dropout=0.2, tied=False,
-                       batch_size=20, bptt=35, eval_batch_size=10),
+    "lstm-small": {"model": "lstm", "emsize": 200, "nhid": 200, "nlayers": 2, "dropout": 0.2,
+                   "tied": False, "batch_size": 20, "bptt": 35, "eval_batch_size": 10},
     # Zaremba et al.'s medium size, tied ("medium")
-    "lstm-650-tied": dict(model="lstm", emsize=650, nhid=650, nlayers=2, dropout=0.5, tied=True,
-                          batch_size=20, bptt=35, eval_batch_size=10),
+    "lstm-650-tied": {"model": "lstm", "emsize": 650, "nhid": 650, "nlayers": 2, "dropout": 0.5,
+                      "tied": True, "batch_size": 20, "bptt": 35, "eval_batch_size": 10},
+    # the full AWD-LSTM WikiText-2 preset (33.6M parameters), at its fixed base bptt
+    "awd-lstm-wt2": {"preset": "awd-lstm-wt2"},
 }
+
+
+class PlainLSTM(nn.Module):
+    """Embedding -> nn.LSTM layers of the given sizes -> tied decoder, with no regularization:
+    the reference that AWD-LSTM's regularizers are timed against."""
+
+    def __init__(self, vocab_size, layer_sizes):
+        super().__init__()
+        self.encoder = nn.Embedding(vocab_size, layer_sizes[0][0])
+        self.rnns = nn.ModuleList(nn.LSTM(i, h) for i, h in layer_sizes)
+        self.decoder = nn.Linear(layer_sizes[-1][1], vocab_size)
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, tokens, hidden):
+        x, new_hidden = self.encoder(tokens), []
+        for rnn, state in zip(self.rnns, hidden):
+            x, state = rnn(x, state)
+            new_hidden.append(state)
+        return LMOutput(self.decoder(x), new_hidden, x, x)
+
+    def init_hidden(self, batch_size):
+        w = self.encoder.weight
+        return [(w.new_zeros(1, batch_size, r.hidden_size), w.new_zeros(1, batch_size, r.hidden_size))
+                for r in self.rnns]
+
+
+def build(name, vocab_size):
+    """(model, training config for train_step, batch sizes, bptt) of a benchmark config."""
+    spec = CONFIGS[name]
+    if "preset" in spec:
+        cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu"])
+        return train.new_model(cfg, vocab_size), cfg
+    keys = ("model", "emsize", "nhid", "nlayers", "dropout", "tied")
+    cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0}
+    return build_model(ModelConfig(vocab_size=vocab_size, **{k: spec[k] for k in keys})), cfg
 
 
 def time_windows(run_batch, steps, windows, warmup):
@@ -45,14 +86,12 @@ def time_windows(run_batch, steps, windows, warmup):
     return times
 
 
-def bench(cfg, train_tokens, steps, windows, warmup, device):
-    model_cfg = ModelConfig(vocab_size=WT2_VOCAB, **{k: cfg[k] for k in
-                            ("model", "emsize", "nhid", "nlayers", "dropout", "tied")})
+def bench(model, cfg, train_tokens, steps, windows, warmup, device):
+    """Median tokens/s of training (train.train_step) and of evaluation (forward, no_grad)."""
     torch.manual_seed(0)
-    model = build_model(model_cfg).to(device)
+    model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    bptt = cfg["bptt"]
-    results = {}
+    bptt, results = cfg["bptt"], {}
     for phase, bsz in (("train", cfg["batch_size"]), ("eval", cfg["eval_batch_size"])):
         source = batchify(train_tokens, bsz, device)
         nwin = (source.size(0) - 1) // bptt
@@ -61,10 +100,10 @@ def bench(cfg, train_tokens, steps, windows, warmup, device):
         def run_batch(i, source=source, nwin=nwin, state=state, phase=phase):
             x, y = get_batch(source, (i % nwin) * bptt, bptt)
             if phase == "train":
-                _, state["hidden"] = train_step(model, x, y, state["hidden"], optimizer, clip=0.25)
+                _, state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg)
             else:
                 with torch.no_grad():
-                    _, state["hidden"] = model(x, detach_hidden(state["hidden"]))
+                    state["hidden"] = model(x, detach_hidden(state["hidden"])).hidden
 
         model.train(phase == "train")
         times = time_windows(run_batch, steps, windows, warmup)
@@ -102,14 +141,24 @@ def main(argv=None):
     except DataError:
         print(f"note: {args.data} not found; timing on random tokens", file=sys.stderr)
         tokens, data = torch.randint(0, WT2_VOCAB, (200_000,)), "random"
-    cfg = CONFIGS[args.config]
-    results = bench(cfg, tokens, args.steps, args.windows, args.warmup, torch.device(args.device))
-    report = {"config": args.config, **cfg, "device": args.device, "data": data,
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or '?'}",
+    device = torch.device(args.device)
+    model, cfg = build(args.config, WT2_VOCAB)
+    timing = (args.steps, args.windows, args.warmup, device)
+    results = bench(model, cfg, tokens, *timing)
+    lines = [("ours", results)]
+    if args.config.startswith("awd"):
+        plain = PlainLSTM(WT2_VOCAB, model.cfg.layer_sizes())
+        results["plain"] = bench(plain, {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
+        results["train_ratio_ours_to_plain"] = (results["train"]["tokens_per_s"]
+                                                / results["plain"]["train"]["tokens_per_s"])
+        lines.append(("plain", results["plain"]))
+    report = {"config": args.config, **{k: v for k, v in cfg.items() if not isinstance(v, dict)},
+              "device": args.device, "data": data, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "machine": f"{platform.machine()}, {platform.processor() or '?'}",
               "steps": args.steps, "windows": args.windows, "warmup": args.warmup, **results}
-    print(f"{args.config} on {args.device}: train {results['train']['tokens_per_s']:,.0f} tokens/s | "
-          f"eval {results['eval']['tokens_per_s']:,.0f} tokens/s | {results['parameters']:,} parameters")
+    for name, r in lines:
+        print(f"{args.config} ({name}) on {args.device}: train {r['train']['tokens_per_s']:,.0f} tokens/s | "
+              f"eval {r['eval']['tokens_per_s']:,.0f} tokens/s | {r['parameters']:,} parameters")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

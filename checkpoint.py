@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from model import ModelConfig, build_model
+from model import build_model, config_from_dict
 
 BEST = "model.pt"
 LAST = "last.pt"
@@ -62,6 +62,6 @@ def load_checkpoint(run, name=BEST, map_location="cpu"):
 def load_model(run, device="cpu", name=BEST):
     """Rebuild the model from a checkpoint alone: its config, then its weights."""
     ckpt = load_checkpoint(run, name, map_location=device)
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model = build_model(config_from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt

@@ -32,8 +32,9 @@ def evaluate(model, source, bptt, progress=False):
                mininterval=0.5 if sys.stderr.isatty() else 60)
     for i in bar:
         x, y = get_batch(source, i, bptt)
-        logits, hidden = model(x, hidden)
-        total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        out = model(x, hidden)
+        hidden = out.hidden
+        total += F.cross_entropy(out.logits.view(-1, out.logits.size(-1)), y.reshape(-1), reduction="sum")
     return total.item() / ((source.size(0) - 1) * source.size(1))
 
 

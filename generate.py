@@ -34,15 +34,16 @@ def generate(model, prompt_ids, n, temperature=1.0, top_k=0, top_p=1.0, generato
     device = next(model.parameters()).device
     context = torch.tensor(prompt_ids or [eos_id], device=device).view(-1, 1)  # (seq_len, batch=1)
     hidden = model.init_hidden(1)
-    out = []
+    sampled = []
     for _ in range(n):
-        logits, hidden = model(context, hidden)
-        logits = filter_logits(logits[-1, 0].float() / temperature, top_k, top_p)
+        out = model(context, hidden)
+        hidden = out.hidden
+        logits = filter_logits(out.logits[-1, 0].float() / temperature, top_k, top_p)
         probs = torch.softmax(logits, -1)
         next_id = torch.multinomial(probs.cpu(), 1, generator=generator).item()
-        out.append(next_id)
+        sampled.append(next_id)
         context = torch.tensor([[next_id]], device=device)
-    return out
+    return sampled
 
 
 def detokenize(words):

@@ -1,19 +1,58 @@
-"""Recurrent language models.
+"""Recurrent language models: the classic baseline and AWD-LSTM.
 
 RNNModel is the classic baseline (pytorch/examples word_language_model, Zaremba et al. 2014):
 embedding -> dropout -> stacked LSTM/GRU/RNN with dropout between layers -> dropout -> decoder,
 with optional weight tying of the decoder to the embedding (Press & Wolf 2017; Inan et al. 2017).
+
+AWDLSTM is the model of Merity, Keskar & Socher (2017), "Regularizing and Optimizing LSTM
+Language Models" (section numbers below refer to it): embedding dropout -> locked dropout ->
+weight-dropped LSTM layers with locked dropout between them -> locked dropout -> tied decoder.
+
+Both return an LMOutput; `raw` and `dropped` (the last layer's output before and after its
+dropout) feed the AR/TAR penalties of train.py.
 """
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 RNN_TYPES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+MODEL_TYPES = (*RNN_TYPES, "awd-lstm")
+
+
+class LMOutput(NamedTuple):
+    logits: torch.Tensor  # (seq_len, batch, vocab)
+    hidden: object  # recurrent state to pass to the next call
+    raw: torch.Tensor  # last layer's output, (seq_len, batch, features), before output dropout
+    dropped: torch.Tensor  # the same after output dropout (what the decoder sees)
+
+
+def _check_common(cfg):
+    if cfg.tied and cfg.nhid != cfg.emsize and cfg.model != "awd-lstm":
+        raise ValueError(f"--tied needs --nhid equal to --emsize (got nhid {cfg.nhid}, "
+                         f"emsize {cfg.emsize}): the decoder reuses the embedding matrix")
+    if min(cfg.vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers) < 1:
+        raise ValueError("vocab_size, emsize, nhid and nlayers must be positive")
+    for f in fields(cfg):
+        if f.name.startswith("dropout") and not 0 <= getattr(cfg, f.name) < 1:
+            raise ValueError(f"{f.name} must be in [0, 1), got {getattr(cfg, f.name)}")
+
+
+class ConfigMixin:
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild from to_dict() output, as stored in a checkpoint."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self):
+        return asdict(self)
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigMixin):
     vocab_size: int
     model: str = "lstm"  # one of RNN_TYPES
     emsize: int = 200  # embedding size
@@ -25,22 +64,157 @@ class ModelConfig:
     def __post_init__(self):
         if self.model not in RNN_TYPES:
             raise ValueError(f"unknown model {self.model!r}: choose one of {', '.join(RNN_TYPES)}")
-        if self.tied and self.nhid != self.emsize:
-            raise ValueError(f"--tied needs --nhid equal to --emsize (got nhid {self.nhid}, "
-                             f"emsize {self.emsize}): the decoder reuses the embedding matrix")
-        if min(self.vocab_size, self.emsize, self.nhid, self.nlayers) < 1:
-            raise ValueError("vocab_size, emsize, nhid and nlayers must be positive")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_common(self)
 
-    @classmethod
-    def from_dict(cls, d):
-        """Rebuild from asdict() output, as stored in a checkpoint."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
-    def to_dict(self):
-        return asdict(self)
+@dataclass
+class AWDConfig(ConfigMixin):
+    """AWD-LSTM sizes and dropout rates, named by where they act (the paper's code's names in
+    brackets). Defaults are the paper's code's defaults; train.py's presets hold the settings
+    of each data set (e.g. dropout_hidden 0.2 for WikiText-2)."""
+    vocab_size: int
+    model: str = "awd-lstm"
+    emsize: int = 400  # embedding size, also the last LSTM layer's size when tied
+    nhid: int = 1150  # hidden units of the other LSTM layers
+    nlayers: int = 3
+    dropout_embedding: float = 0.1  # whole words dropped from the embedding matrix [dropoute]
+    dropout_input: float = 0.65  # locked dropout on the embedding output [dropouti]
+    dropout_hidden: float = 0.3  # locked dropout between LSTM layers [dropouth]
+    dropout_output: float = 0.4  # locked dropout on the last LSTM output [dropout]
+    dropout_weight: float = 0.5  # DropConnect on hidden-to-hidden weights [wdrop]
+    locked_dropout: bool = True  # False: a fresh mask per time step (ablation)
+    tied: bool = True
+
+    def __post_init__(self):
+        if self.model != "awd-lstm":
+            raise ValueError(f"AWDConfig is for model 'awd-lstm', not {self.model!r}")
+        _check_common(self)
+
+    def layer_sizes(self):
+        """(input, hidden) of each LSTM layer; the last one outputs emsize when tied."""
+        last = self.emsize if self.tied else self.nhid
+        outs = [self.nhid] * (self.nlayers - 1) + [last]
+        return list(zip([self.emsize, *outs[:-1]], outs))
+
+
+class LockedDropout(nn.Module):
+    """Variational ("locked") dropout, Gal & Ghahramani (2016); AWD-LSTM Section 4.2.
+
+    Input (seq_len, batch, features). One Bernoulli mask of shape (1, batch, features) is drawn
+    per forward call and broadcast over time, so each sequence drops the same units at every
+    step; kept units are scaled by 1/(1-p). With locked=False the mask is (seq_len, batch,
+    features), i.e. ordinary dropout, for ablations. Identity in eval mode.
+    """
+
+    def __init__(self, p, locked=True):
+        super().__init__()
+        self.p, self.locked = p, locked
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        shape = (1, *x.shape[1:]) if self.locked else x.shape
+        mask = x.new_empty(shape).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * mask
+
+    def extra_repr(self):
+        return f"p={self.p}, locked={self.locked}"
+
+
+def embedding_dropout(weight, tokens, p, training):
+    """Embedding dropout, Gal & Ghahramani (2016); AWD-LSTM Section 4.3.
+
+    Drops whole words: one Bernoulli draw per row of the (vocab, emsize) embedding matrix, a mask
+    of shape (vocab, 1), so every occurrence of a dropped word in the batch is zeroed; kept rows
+    are scaled by 1/(1-p). Equivalent to masking the matrix, but only the looked-up rows are
+    scaled. Identity in eval mode. tokens (seq_len, batch) -> (seq_len, batch, emsize).
+    """
+    emb = F.embedding(tokens, weight)
+    if not training or p == 0:
+        return emb
+    mask = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p).div_(1 - p)
+    return emb * mask[tokens]
+
+
+class WeightDropLSTM(nn.Module):
+    """One LSTM layer with DropConnect on its hidden-to-hidden matrix; AWD-LSTM Section 2.
+
+    A mask of weight_hh's shape (4*hidden, hidden) is drawn once per forward call; since the
+    whole sequence runs with that one dropped matrix, every time step shares the mask. Kept
+    weights are scaled by 1/(1-p). Identity in eval mode. The raw matrix stays the registered
+    Parameter and the dropped one is computed from it, so gradients reach it. The sequence runs
+    in the fused LSTM kernel (cuDNN on CUDA): on CUDA the four weights are packed into one
+    contiguous buffer in cuDNN's order, so that it reads them in place.
+    """
+
+    def __init__(self, input_size, hidden_size, weight_drop=0.0):
+        super().__init__()
+        self.input_size, self.hidden_size, self.weight_drop = input_size, hidden_size, weight_drop
+        gates = 4 * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(gates))
+        self.bias_hh = nn.Parameter(torch.empty(gates))
+        bound = hidden_size ** -0.5  # nn.LSTM's initialization
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def dropped_weights(self):
+        """[weight_ih, dropped weight_hh, bias_ih, bias_hh] for this forward call."""
+        w_hh = F.dropout(self.weight_hh, self.weight_drop, self.training)
+        weights = [self.weight_ih, w_hh, self.bias_ih, self.bias_hh]
+        if self.weight_hh.is_cuda:
+            flat = torch.cat([w.reshape(-1) for w in weights])
+            weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
+        return weights
+
+    def forward(self, x, state):
+        """x (seq_len, batch, input_size), state (h, c) each (1, batch, hidden_size)."""
+        out, h, c = torch.lstm(x, state, self.dropped_weights(), True, 1, 0.0, self.training,
+                               False, False)
+        return out, (h, c)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, weight_drop={self.weight_drop}"
+
+
+class AWDLSTM(nn.Module):
+    """AWD-LSTM: embedding (+ embedding dropout) -> locked dropout -> weight-dropped LSTM layers
+    with locked dropout between them -> locked dropout -> decoder tied to the embedding."""
+
+    def __init__(self, cfg: AWDConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = nn.Embedding(cfg.vocab_size, cfg.emsize)
+        self.rnns = nn.ModuleList(WeightDropLSTM(i, h, cfg.dropout_weight) for i, h in cfg.layer_sizes())
+        self.drop_input = LockedDropout(cfg.dropout_input, cfg.locked_dropout)
+        self.drop_hidden = LockedDropout(cfg.dropout_hidden, cfg.locked_dropout)
+        self.drop_output = LockedDropout(cfg.dropout_output, cfg.locked_dropout)
+        self.decoder = nn.Linear(cfg.layer_sizes()[-1][1], cfg.vocab_size)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if cfg.tied:
+            self.decoder.weight = self.encoder.weight
+        else:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, tokens, hidden):
+        """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size)."""
+        x = embedding_dropout(self.encoder.weight, tokens, self.cfg.dropout_embedding, self.training)
+        x = self.drop_input(x)  # (seq_len, batch, emsize)
+        new_hidden = []
+        for i, (rnn, state) in enumerate(zip(self.rnns, hidden)):
+            x, state = rnn(x, state)  # (seq_len, batch, layer size)
+            new_hidden.append(state)
+            if i < len(self.rnns) - 1:
+                x = self.drop_hidden(x)
+        dropped = self.drop_output(x)
+        return LMOutput(self.decoder(dropped), new_hidden, x, dropped)
+
+    def init_hidden(self, batch_size):
+        weight = self.encoder.weight
+        return [(weight.new_zeros(1, batch_size, h), weight.new_zeros(1, batch_size, h))
+                for _, h in self.cfg.layer_sizes()]
 
 
 class RNNModel(nn.Module):
@@ -71,10 +245,11 @@ class RNNModel(nn.Module):
             nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
     def forward(self, tokens, hidden):
-        """tokens (seq_len, batch) -> logits (seq_len, batch, vocab), new hidden state."""
+        """tokens (seq_len, batch) -> LMOutput with logits (seq_len, batch, vocab)."""
         emb = self.drop(self.encoder(tokens))  # (seq_len, batch, emsize)
         out, hidden = self.rnn(emb, hidden)  # (seq_len, batch, nhid)
-        return self.decoder(self.drop(out)), hidden
+        dropped = self.drop(out)
+        return LMOutput(self.decoder(dropped), hidden, out, dropped)
 
     def init_hidden(self, batch_size):
         """Zero state: (h, c) for an LSTM, h otherwise, each (nlayers, batch, nhid)."""
@@ -85,12 +260,36 @@ class RNNModel(nn.Module):
         return weight.new_zeros(shape)
 
 
-def build_model(cfg: ModelConfig):
-    return RNNModel(cfg)
+def activation_regularization(dropped, alpha):
+    """AR, AWD-LSTM Section 4.6: alpha * mean(h_t^2) over the last layer's output *after* its
+    dropout, (seq_len, batch, features). Penalizes large activations."""
+    return alpha * dropped.pow(2).mean() if alpha else dropped.new_zeros(())
+
+
+def temporal_activation_regularization(raw, beta):
+    """TAR, AWD-LSTM Section 4.6: beta * mean((h_t - h_{t-1})^2) over the last layer's output
+    *before* dropout, (seq_len, batch, features). Penalizes fast-changing hidden states."""
+    if not beta or raw.size(0) < 2:
+        return raw.new_zeros(())
+    return beta * (raw[1:] - raw[:-1]).pow(2).mean()
+
+
+def config_from_dict(d):
+    """A checkpoint's model_config -> ModelConfig or AWDConfig."""
+    return (AWDConfig if d.get("model") == "awd-lstm" else ModelConfig).from_dict(d)
+
+
+def build_model(cfg):
+    return AWDLSTM(cfg) if isinstance(cfg, AWDConfig) else RNNModel(cfg)
+
+
+def map_hidden(fn, hidden):
+    """Apply fn to every tensor of a recurrent state (a tensor, or nested tuples/lists of them)."""
+    if isinstance(hidden, torch.Tensor):
+        return fn(hidden)
+    return tuple(map_hidden(fn, h) for h in hidden)
 
 
 def detach_hidden(hidden):
     """Cut the graph between batches (truncated BPTT) while keeping the state's values."""
-    if isinstance(hidden, torch.Tensor):
-        return hidden.detach()
-    return tuple(detach_hidden(h) for h in hidden)
+    return map_hidden(torch.Tensor.detach, hidden)

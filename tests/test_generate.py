@@ -22,7 +22,7 @@ def greedy(model, prompt_ids, n):
     """Reference: feed the whole sequence each step and take the argmax."""
     seq = list(prompt_ids)
     for _ in range(n):
-        logits, _ = model(torch.tensor(seq).view(-1, 1), model.init_hidden(1))
+        logits = model(torch.tensor(seq).view(-1, 1), model.init_hidden(1)).logits
         seq.append(logits[-1, 0].argmax().item())
     return seq[len(prompt_ids):]
 

@@ -25,8 +25,8 @@ def test_each_model_type_learns_a_tiny_corpus(corpus_dir, tmp_path, model):
 def test_forward_shapes_and_hidden_state(model):
     m = RNNModel(ModelConfig(vocab_size=30, model=model, emsize=8, nhid=8, nlayers=2))
     hidden = m.init_hidden(3)
-    logits, hidden = m(torch.randint(0, 30, (5, 3)), hidden)
-    assert logits.shape == (5, 3, 30)
+    logits, hidden, raw, dropped = m(torch.randint(0, 30, (5, 3)), hidden)
+    assert logits.shape == (5, 3, 30) and raw.shape == dropped.shape == (5, 3, 8)
     states = hidden if model == "lstm" else (hidden,)
     assert all(h.shape == (2, 3, 8) for h in states)
 

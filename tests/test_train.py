@@ -85,7 +85,7 @@ def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(corpus_dir, tmp_pat
     monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
     assert train.main([*common, "--save", str(stopped)]) == 130
     saved = torch.load(stopped / "last.pt", weights_only=True)
-    assert saved["state"]["epoch"] == 0 and saved["state"]["step"] == 7
+    assert saved["state"]["epoch"] == 0 and saved["state"]["batches"] == 7
     assert saved["hidden"] is not None
     monkeypatch.setattr(train, "train_step", real_step)
     assert train.main(["--resume", str(stopped)]) == 0
@@ -121,3 +121,15 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_nan_loss_stops_the_run_with_advice(corpus_dir, tmp_path, monkeypatch, capsys):
+    real_step = train.train_step
+
+    def nan_step(*args, **kw):
+        loss, hidden = real_step(*args, **kw)
+        return loss * float("nan"), hidden
+
+    monkeypatch.setattr(train, "train_step", nan_step)
+    assert train.main(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), "--epochs", "1", *TINY]) == 2
+    assert "training loss is nan" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Optimization pieces of AWD-LSTM (Merity et al. 2017) and the schedules of train.py.
+
+- NT-ASGD (Section 3): SGD whose iterates start being averaged once validation stops improving
+  by the non-monotone criterion; evaluation then uses the average.
+- Variable-length BPTT (Section 4.1) and its per-step learning-rate rescaling.
+- Learning-rate schedules for the Adam/AdamW recipe (warm-up, then cosine or one-cycle).
+"""
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+
+def nonmonotone_trigger(history, val_loss, nonmono):
+    """The NT-ASGD criterion: val_loss is worse than the best of the validation losses recorded
+    more than `nonmono` epochs ago. `history` holds the earlier epochs' losses, oldest first;
+    False until more than `nonmono` of them exist."""
+    return len(history) > nonmono and val_loss > min(history[:-nonmono])
+
+
+@dataclass
+class Averaging:
+    """NT-ASGD state, everything an exact resume needs.
+
+    history:  validation loss of every finished epoch, oldest first (raw weights before the
+              trigger, averaged weights after it)
+    started:  None until averaging starts; then the epoch after which it started
+              (0 for fine-tuning, which averages from the first step)
+    count:    iterates in the running average
+    average:  parameter name -> running mean of that parameter over the `count` iterates
+              since `started` (each iterate is the weights right after an optimizer step)
+    """
+    nonmono: int
+    history: list = field(default_factory=list)
+    started: int = None
+    count: int = 0
+    average: dict = field(default_factory=dict)
+
+    @property
+    def active(self):
+        return self.started is not None
+
+    def start(self, model, epoch):
+        self.started, self.count = epoch, 0
+        self.average = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model):
+        """Fold the current weights into the running mean: avg += (w - avg) / count."""
+        self.count += 1
+        for name, p in model.named_parameters():
+            self.average[name].lerp_(p, 1.0 / self.count)
+
+    @contextmanager
+    def swapped_in(self, model):
+        """Run the body with the averaged weights in the model, then put the raw ones back."""
+        params = dict(model.named_parameters())
+        raw = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.average[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(raw[n])
+
+    def weights(self, model):
+        """The weights to evaluate and save: the average once it is active, else the raw ones."""
+        return self.swapped_in(model) if self.active and self.count else nullcontext()
+
+    def state_dict(self):
+        return {"nonmono": self.nonmono, "history": list(self.history), "started": self.started,
+                "count": self.count, "average": self.average}
+
+
+def sample_seq_len(bptt, generator=None):
+    """Variable-length BPTT (Section 4.1): the base length is bptt with probability 0.95, else
+    bptt / 2; the length is drawn from N(base, 5) and truncated to an int, then kept in
+    [5, bptt + 20] (the cap is four standard deviations above bptt, against rare huge draws)."""
+    base = bptt if torch.rand((), generator=generator).item() < 0.95 else bptt / 2
+    seq_len = int(base + 5 * torch.randn((), generator=generator).item())
+    return min(max(5, seq_len), bptt + 20)
+
+
+@contextmanager
+def scaled_lr(optimizer, factor):
+    """Scale every group's lr by `factor` for one step, then restore it. With variable-length
+    BPTT the factor is seq_len / bptt, so that short sequences do not get outsized updates."""
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] *= factor
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
+
+def scheduled_lr(schedule, base_lr, progress, warmup):
+    """The lr at `progress` in [0, 1] of all training, for the schedules that depend on it.
+
+    cosine:   linear warm-up from 0 over the first `warmup` fraction, then cosine decay to 0
+    onecycle: linear warm-up from base_lr/25 to base_lr, then cosine decay to base_lr/1e4
+              (Smith's one-cycle policy, as in torch's OneCycleLR)
+    """
+    low, end = (0.0, 0.0) if schedule == "cosine" else (base_lr / 25, base_lr / 1e4)
+    if progress < warmup:
+        return low + (base_lr - low) * progress / warmup
+    q = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
+    return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * q))

@@ -1,0 +1,450 @@
+"""Tests that pin the semantics of AWD-LSTM's techniques (Merity et al. 2017)."""
+import json
+import warnings
+
+import pytest
+import torch
+from conftest import write_corpus
+from torch import nn
+
+import train
+from model import (
+    AWDLSTM,
+    AWDConfig,
+    LockedDropout,
+    WeightDropLSTM,
+    activation_regularization,
+    embedding_dropout,
+    temporal_activation_regularization,
+)
+from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
+
+# A small AWD-LSTM for training tests: 2 layers, every technique on.
+AWD_TINY = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2",
+            "--batch-size", "8", "--bptt", "10", "--eval-batch-size", "4", "--device", "cpu",
+            "--log-interval", "10", "--lr", "10", "--dropout-input", "0.2", "--dropout-hidden", "0.1",
+            "--dropout-output", "0.2", "--dropout-weight", "0.2", "--dropout-embedding", "0.05"]
+
+
+def metrics(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s")} for r in rows]
+
+
+# --- locked (variational) dropout -----------------------------------------------------------
+
+def test_locked_dropout_mask_constant_over_time_and_differs_across_batch():
+    torch.manual_seed(0)
+    drop = LockedDropout(0.5).train()
+    y = drop(torch.ones(30, 6, 40))  # (seq_len, batch, features)
+    assert torch.equal(y, y[:1].expand_as(y))  # every step reuses step 0's mask
+    assert set(y.unique().tolist()) == {0.0, 2.0}  # kept units scaled by 1/(1-p)
+    assert not all(torch.equal(y[0, 0], y[0, b]) for b in range(1, 6))  # one mask per sequence
+
+
+def test_locked_dropout_is_identity_in_eval_and_per_step_when_unlocked():
+    x = torch.randn(30, 6, 40)
+    assert torch.equal(LockedDropout(0.5).eval()(x), x)
+    torch.manual_seed(0)
+    y = LockedDropout(0.5, locked=False).train()(torch.ones(30, 6, 40))
+    assert not torch.equal(y[0], y[1])  # the ablation draws a new mask each step
+
+
+# --- weight drop -----------------------------------------------------------------------------
+
+@pytest.fixture
+def lstm_calls(monkeypatch):
+    """Record the weights of every fused LSTM call."""
+    calls, real = [], torch.lstm
+
+    def spy(x, hx, weights, *args):
+        calls.append([w.detach().clone() for w in weights])
+        return real(x, hx, weights, *args)
+
+    monkeypatch.setattr(torch, "lstm", spy)
+    return calls
+
+
+def zero_state(batch, hidden):
+    return torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden)
+
+
+def step_by_step(x, w_ih, w_hh, b_ih, b_hh):
+    """Reference LSTM, one time step at a time, with the given (possibly dropped) matrices."""
+    h = c = torch.zeros(x.size(1), w_hh.size(1))
+    outs = []
+    for x_t in x:
+        i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def test_weight_drop_is_identity_in_eval_and_matches_nn_lstm():
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(5, 7, weight_drop=0.5).eval()
+    ref = nn.LSTM(5, 7)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, name + "_l0").copy_(getattr(layer, name))
+    x = torch.randn(12, 3, 5)
+    out, (_, c) = layer(x, zero_state(3, 7))
+    ref_out, (_, ref_c) = ref(x, zero_state(3, 7))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(c, ref_c)
+
+
+def test_weight_drop_changes_outputs_in_training_with_one_mask_for_all_steps(lstm_calls):
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(5, 7, weight_drop=0.5).train()
+    x = torch.randn(12, 3, 5)
+    out, _ = layer(x, zero_state(3, 7))
+    eval_out, _ = layer.eval()(x, zero_state(3, 7))
+    assert not torch.allclose(out, eval_out)
+    assert len(lstm_calls) == 2  # one fused call per forward: no Python loop over time
+    w_ih, w_hh, b_ih, b_hh = lstm_calls[0]
+    dropped = w_hh == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    torch.testing.assert_close(w_hh[~dropped], 2 * layer.weight_hh.detach()[~dropped])  # 1/(1-p)
+    # Replaying the sequence step by step with that single dropped matrix gives the same output,
+    # so every time step used the same mask.
+    torch.testing.assert_close(out.detach(), step_by_step(x, w_ih, w_hh, b_ih, b_hh))
+
+
+def test_weight_drop_gradients_reach_the_raw_weight(lstm_calls):
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(5, 7, weight_drop=0.5).train()
+    out, _ = layer(torch.randn(12, 3, 5), zero_state(3, 7))
+    out.pow(2).sum().backward()
+    dropped = lstm_calls[0][1] == 0
+    grad = layer.weight_hh.grad
+    assert grad is not None and grad[~dropped].abs().sum() > 0
+    assert torch.all(grad[dropped] == 0)  # a dropped connection gets no gradient this step
+    assert [n for n, _ in layer.named_parameters()] == ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+
+
+def test_two_forwards_draw_different_weight_drop_masks(lstm_calls):
+    layer = WeightDropLSTM(5, 7, weight_drop=0.5).train()
+    x = torch.randn(4, 2, 5)
+    layer(x, zero_state(2, 7))
+    layer(x, zero_state(2, 7))
+    assert not torch.equal(lstm_calls[0][1] == 0, lstm_calls[1][1] == 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_weight_drop_runs_fused_cudnn_without_weight_warnings():
+    layer = WeightDropLSTM(64, 128, weight_drop=0.5).cuda().train()
+    weights = layer.dropped_weights()
+    base = weights[0].data_ptr()
+    offsets = [w.data_ptr() - base for w in weights]
+    sizes = [w.numel() * w.element_size() for w in weights]
+    assert offsets == [sum(sizes[:i]) for i in range(4)]  # one contiguous buffer, cuDNN's order
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, _ = layer(torch.randn(50, 8, 64, device="cuda"), zero_state(8, 128))
+        out.sum().backward()
+        torch.cuda.synchronize()
+    assert not [w for w in caught if "contiguous" in str(w.message) or "flatten" in str(w.message)]
+
+
+# --- embedding dropout, tying, AR/TAR -------------------------------------------------------
+
+def test_embedding_dropout_zeroes_whole_words_and_scales_the_rest():
+    torch.manual_seed(0)
+    weight = torch.randn(20, 6)
+    tokens = torch.arange(20).repeat(5).view(10, 10)  # every word appears 5 times
+    out = embedding_dropout(weight, tokens, 0.5, training=True)
+    dropped_words = 0
+    for word in range(20):
+        rows = out[tokens == word]  # all occurrences of the word
+        if rows.abs().sum() == 0:
+            dropped_words += 1
+        else:
+            torch.testing.assert_close(rows, 2 * weight[word].expand_as(rows))
+    assert 0 < dropped_words < 20
+    assert torch.equal(embedding_dropout(weight, tokens, 0.5, training=False), weight[tokens])
+
+
+def test_awd_tied_decoder_shares_storage_with_the_embedding():
+    model = AWDLSTM(AWDConfig(vocab_size=50, emsize=8, nhid=16, nlayers=3))
+    assert model.decoder.weight.data_ptr() == model.encoder.weight.data_ptr()
+    assert [r.hidden_size for r in model.rnns] == [16, 16, 8]  # last layer sized for tying
+    untied = AWDLSTM(AWDConfig(vocab_size=50, emsize=8, nhid=16, nlayers=3, tied=False))
+    assert untied.decoder.weight.data_ptr() != untied.encoder.weight.data_ptr()
+
+
+def test_ar_and_tar_match_hand_computed_values():
+    h = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]], [[3.0, 6.0]]])  # (seq_len 3, batch 1, 2)
+    # AR: alpha * mean(h^2) = 2 * (1 + 4 + 9 + 16 + 9 + 36) / 6 = 25
+    assert activation_regularization(h, 2.0).item() == pytest.approx(25.0)
+    # TAR: beta * mean((h_t - h_{t-1})^2) = 1 * (4 + 4 + 0 + 4) / 4 = 3
+    assert temporal_activation_regularization(h, 1.0).item() == pytest.approx(3.0)
+    assert activation_regularization(h, 0.0).item() == 0.0
+
+
+def test_ar_uses_the_dropped_output_and_tar_the_raw_output():
+    torch.manual_seed(0)
+    model = AWDLSTM(AWDConfig(vocab_size=30, emsize=8, nhid=12, nlayers=2)).train()
+    out = model(torch.randint(0, 30, (6, 4)), model.init_hidden(4))
+    assert torch.equal(out.logits, model.decoder(out.dropped))
+    assert not torch.equal(out.raw, out.dropped)  # output dropout sits between them
+
+
+# --- variable BPTT --------------------------------------------------------------------------
+
+def test_variable_bptt_lengths_stay_within_bounds():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([sample_seq_len(70, g) for _ in range(20_000)], dtype=torch.float)
+    assert lengths.min() >= 5 and lengths.max() <= 90
+    half = (lengths < 52).float().mean().item()  # draws around bptt/2 = 35
+    assert 0.04 < half < 0.06
+    # N(70, 5) truncated to an int (as the paper's code does) has mean 69.5
+    assert abs(lengths[lengths >= 52].mean().item() - 69.5) < 0.2
+    assert sample_seq_len(4, g) >= 5  # never below 5
+
+
+def test_lr_is_scaled_for_the_step_and_restored_after():
+    torch.manual_seed(0)
+    model = AWDLSTM(AWDConfig(vocab_size=30, emsize=8, nhid=12, nlayers=2, dropout_embedding=0,
+                              dropout_input=0, dropout_hidden=0, dropout_output=0, dropout_weight=0))
+    opt = torch.optim.SGD(model.parameters(), lr=2.0)
+    with scaled_lr(opt, 0.25):
+        assert opt.param_groups[0]["lr"] == 0.5
+    assert opt.param_groups[0]["lr"] == 2.0
+    # In a real step: the update is lr * factor * grad, and the lr is back afterwards.
+    x, y = torch.randint(0, 30, (6, 4)), torch.randint(0, 30, (6, 4))
+    cfg = {"clip": 0.0, "alpha": 0.0, "beta": 0.0}
+    before = model.decoder.bias.detach().clone()
+    probe = AWDLSTM(model.cfg)
+    probe.load_state_dict(model.state_dict())
+    loss = nn.functional.cross_entropy(probe(x, probe.init_hidden(4)).logits.view(-1, 30), y.view(-1))
+    loss.backward()
+    train.train_step(model, x, y, model.init_hidden(4), opt, cfg, lr_factor=0.25)
+    torch.testing.assert_close(model.decoder.bias.detach(), before - 0.5 * probe.decoder.bias.grad)
+    assert opt.param_groups[0]["lr"] == 2.0
+
+
+# --- NT-ASGD --------------------------------------------------------------------------------
+
+# Validation losses of 13 epochs: progress, a stall, a jump. With nonmono = 5 the trigger first
+# holds at epoch 12, whose 6.1 is worse than the best (5.0) of epochs 1-6, the ones more than 5
+# epochs back. Epoch 7's 5.5 is worse than epoch 6's 5.0, but epoch 6 is inside the window then,
+# so it does not trigger.
+SCRIPT = [10, 9, 8, 7, 6, 5, 5.5, 5.4, 5.3, 5.2, 5.1, 6.1, 4.0]
+
+
+def test_nonmonotone_trigger_fires_exactly_when_the_condition_first_holds():
+    history, fired = [], []
+    for epoch, val in enumerate(SCRIPT, 1):
+        if nonmonotone_trigger(history, val, 5):
+            fired.append(epoch)
+        history.append(val)
+    assert fired == [12]
+
+
+def test_nt_asgd_starts_averaging_at_the_trigger_epoch_and_only_once():
+    model = nn.Linear(2, 2)
+    model.cfg = None
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    cfg = {"schedule": "constant", "optimizer": "nt-asgd", "nonmono": 5, "anneal": 4.0}
+    state, averaging = train.TrainState(lr=1.0), Averaging(5)
+    for epoch, val in enumerate(SCRIPT, 1):
+        state.epoch = epoch
+        improved = val < state.best_val_loss
+        state.best_val_loss = min(val, state.best_val_loss)
+        train.end_of_epoch(model, opt, cfg, state, averaging, val, improved)
+        assert averaging.active == (epoch >= 12)
+    assert averaging.started == 12 and averaging.history == SCRIPT
+    assert opt.param_groups[0]["lr"] == 1.0  # NT-ASGD keeps the lr constant
+
+
+def tiny_awd_setup(corpus_dir):
+    from data import batchify, load_corpus
+    cfg, _, _ = train.resolve_config(["--data", str(corpus_dir), *AWD_TINY])
+    corpus = load_corpus(str(corpus_dir))
+    torch.manual_seed(0)
+    model = train.new_model(cfg, len(corpus.itos))
+    return cfg, model, train.make_optimizer(model, cfg), batchify(corpus.train, cfg["batch_size"])
+
+
+def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpus_dir, monkeypatch):
+    cfg, model, opt, source = tiny_awd_setup(corpus_dir)
+    cfg["max_batches"] = 6
+    averaging, iterates = Averaging(5), []
+    real_step = train.train_step
+
+    def recording_step(*args, **kw):
+        result = real_step(*args, **kw)
+        iterates.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return result
+
+    monkeypatch.setattr(train, "train_step", recording_step)
+    state = train.TrainState(lr=cfg["lr"])
+    train.train_epoch(model, source, opt, cfg, state, averaging, model.init_hidden(8), lambda: False)
+    averaging.start(model, epoch=1)  # the trigger: iterates from here on are averaged
+    state = train.TrainState(lr=cfg["lr"], epoch=1)
+    train.train_epoch(model, source, opt, cfg, state, averaging, model.init_hidden(8), lambda: False)
+    since = iterates[6:]
+    assert averaging.count == len(since) == 6
+    for name, avg in averaging.average.items():
+        torch.testing.assert_close(avg, torch.stack([it[name] for it in since]).mean(0))
+
+    raw = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with averaging.weights(model):  # evaluation sees the average ...
+        for name, p in model.named_parameters():
+            assert torch.equal(p, averaging.average[name])
+    for name, p in model.named_parameters():  # ... and training continues from the raw weights
+        assert torch.equal(p, raw[name])
+
+
+@pytest.fixture
+def trigger_after_epoch_2(monkeypatch):
+    """Make the non-monotone criterion hold at the end of epoch 2 (when the history holds one
+    earlier loss), so that short runs exercise averaging."""
+    monkeypatch.setattr(train, "nonmonotone_trigger", lambda history, val, nonmono: len(history) == 1)
+
+
+def test_after_the_trigger_evaluation_and_model_pt_use_the_averaged_weights(
+        corpus_dir, tmp_path, trigger_after_epoch_2):
+    from checkpoint import load_model
+    from data import batchify, load_corpus
+    from evaluate import evaluate
+    run = tmp_path / "run"
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "4", *AWD_TINY]) == 0
+    rows = metrics(run)
+    assert [r["averaged"] for r in rows] == [False, False, True, True]
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["averaging"]["started"] == 2 and last["averaging"]["count"] > 0
+    model, _ = load_model(run / "last.pt")
+    val = batchify(load_corpus(str(corpus_dir)).valid, 4)
+    raw_loss = evaluate(model, val, 10)
+    with torch.no_grad():  # by parameter, as the average is kept (the tied matrix once)
+        for name, p in model.named_parameters():
+            p.copy_(last["averaging"]["average"][name])
+    assert evaluate(model, val, 10) == rows[-1]["val_loss"]  # the logged loss is the average's
+    assert raw_loss != rows[-1]["val_loss"]
+    best = min(rows, key=lambda r: r["val_loss"])
+    best_model, _ = load_model(run)
+    assert evaluate(best_model, val, 10) == best["val_loss"]
+
+
+def test_resume_after_the_trigger_reproduces_an_uninterrupted_run(corpus_dir, tmp_path, trigger_after_epoch_2):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ["--data", str(corpus_dir), *AWD_TINY]
+    assert train.main([*common, "--save", str(straight), "--epochs", "4"]) == 0
+    assert train.main([*common, "--save", str(split), "--epochs", "3"]) == 0
+    assert train.main(["--resume", str(split), "--epochs", "4"]) == 0
+    assert metrics(split) == metrics(straight)
+    a, b = (torch.load(r / "last.pt", weights_only=True) for r in (split, straight))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["averaging"]["average"]:
+        assert torch.equal(a["averaging"]["average"][key], b["averaging"]["average"][key]), key
+    assert a["averaging"]["count"] == b["averaging"]["count"]
+
+
+def test_finetune_averages_from_the_start_and_stops_on_the_criterion(corpus_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "2", *AWD_TINY,
+                       "--optimizer", "sgd"]) == 0
+    monkeypatch.setattr(train, "nonmonotone_trigger", lambda history, val, nonmono: len(history) == 2)
+    assert train.main(["--finetune", str(run), "--lr", "5", "--epochs", "10"]) == 0
+    tuned = run.parent / "run-finetune"
+    rows = metrics(tuned)
+    assert len(rows) == 3 and all(r["averaged"] for r in rows)  # stopped by the criterion
+    last = torch.load(tuned / "last.pt", weights_only=True)
+    assert last["averaging"]["started"] == 0 and last["state"]["finished"]
+    assert last["train_config"]["optimizer"] == "nt-asgd" and last["train_config"]["finetune"] == str(run)
+
+
+# --- the model as a whole: presets, parameter counts, ablation switches ---------------------
+
+@pytest.mark.parametrize("preset, vocab, params", [
+    ("awd-lstm-wt2", 33_278, 33_556_078),
+    ("awd-lstm-ptb", 10_000, 24_221_600),
+])
+def test_preset_models_have_the_paper_parameter_counts(preset, vocab, params):
+    cfg, _, _ = train.resolve_config(["--preset", preset])
+    model = train.new_model(cfg, vocab)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_presets_hold_the_paper_settings_and_explicit_flags_override_them():
+    wt2, _, _ = train.resolve_config(["--preset", "awd-lstm-wt2"])
+    assert (wt2["epochs"], wt2["dropout_hidden"], wt2["seed"], wt2["lr"], wt2["bptt"]) == (750, 0.2, 1882, 30.0, 70)
+    assert (wt2["dropout_input"], wt2["dropout_output"], wt2["dropout_weight"], wt2["dropout_embedding"]) == (0.65, 0.4, 0.5, 0.1)
+    assert (wt2["optimizer"], wt2["wdecay"], wt2["alpha"], wt2["beta"], wt2["clip"]) == ("nt-asgd", 1.2e-6, 2.0, 1.0, 0.25)
+    ptb, _, _ = train.resolve_config(["--preset", "awd-lstm-ptb"])
+    assert (ptb["batch_size"], ptb["dropout_input"], ptb["dropout_hidden"], ptb["seed"], ptb["epochs"]) == (20, 0.4, 0.25, 141, 500)
+    mine, _, _ = train.resolve_config(["--preset", "awd-lstm-wt2", "--dropout-hidden", "0.1", "--epochs", "3"])
+    assert (mine["dropout_hidden"], mine["epochs"], mine["seed"]) == (0.1, 3, 1882)
+    adam, _, _ = train.resolve_config(["--preset", "awd-lstm-adam"])
+    assert (adam["optimizer"], adam["batch_size"], adam["clip"], adam["epochs"]) == ("adam", 100, 0.12, 90)
+
+
+def test_every_technique_can_be_switched_off():
+    off, _, _ = train.resolve_config(["--model", "awd-lstm", "--dropout-weight", "0", "--optimizer", "sgd",
+                                      "--no-variable-bptt", "--dropout-embedding", "0", "--alpha", "0",
+                                      "--beta", "0", "--no-locked-dropout", "--no-tied"])
+    model = train.new_model(off, 50)
+    assert all(r.weight_drop == 0 for r in model.rnns)
+    assert not model.cfg.locked_dropout and not model.cfg.tied and model.cfg.dropout_embedding == 0
+    assert off["optimizer"] == "sgd" and off["schedule"] == "plateau" and not off["variable_bptt"]
+    assert off["alpha"] == off["beta"] == 0
+
+
+def test_awd_lstm_learns_a_tiny_corpus(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "6", *AWD_TINY]) == 0
+    rows = metrics(run)
+    vocab = len(torch.load(run / "model.pt", weights_only=True)["vocab"])
+    assert min(r["val_ppl"] for r in rows) < vocab / 4
+
+
+def test_baseline_and_awd_flags_do_not_mix(tmp_path, capsys):
+    folder = write_corpus(tmp_path / "corpus")
+    assert train.main(["--data", str(folder), "--model", "lstm", "--dropout-weight", "0.5"]) == 2
+    assert "--dropout-weight does not apply to --model lstm" in capsys.readouterr().err
+    assert train.main(["--data", str(folder), "--model", "awd-lstm", "--dropout", "0.5"]) == 2
+    assert "--dropout does not apply" in capsys.readouterr().err
+
+
+def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path):
+    import ablate
+    out = tmp_path / "ablation"
+    assert ablate.main(["--data", str(corpus_dir), "--train-lines", "200", "--emsize", "8", "--nhid", "16",
+                        "--nlayers", "2", "--epochs", "1", "--batch-size", "4", "--bptt", "10",
+                        "--rungs", "none,full", "--out", str(out), "--runs", str(tmp_path / "runs"),
+                        "--", "--lr", "5"]) == 0
+    rows = json.loads((out / "ablation.json").read_text())
+    assert [r["rung"] for r in rows] == ["none", "full"]
+    assert rows[0]["config"]["dropout_weight"] == 0 and not rows[0]["config"]["tied"]
+    assert rows[1]["config"]["dropout_weight"] == 0.5 and rows[1]["config"]["variable_bptt"]
+    assert all(r["val_ppl"] > 1 and r["test_ppl"] > 1 for r in rows)
+    assert "| full |" in (out / "ablation.md").read_text()
+    assert len((tmp_path / "runs" / "data" / "train.txt").read_text().splitlines()) == 200
+
+
+def test_cosine_and_onecycle_schedules_warm_up_then_decay():
+    from optim import scheduled_lr
+    assert scheduled_lr("cosine", 1.0, 0.0, 0.1) == 0.0
+    assert scheduled_lr("cosine", 1.0, 0.05, 0.1) == pytest.approx(0.5)
+    assert scheduled_lr("cosine", 1.0, 0.1, 0.1) == pytest.approx(1.0)
+    assert scheduled_lr("cosine", 1.0, 0.55, 0.1) == pytest.approx(0.5)
+    assert scheduled_lr("cosine", 1.0, 1.0, 0.1) == pytest.approx(0.0)
+    assert scheduled_lr("onecycle", 1.0, 0.0, 0.25) == pytest.approx(1 / 25)
+    assert scheduled_lr("onecycle", 1.0, 0.25, 0.25) == pytest.approx(1.0)
+    assert scheduled_lr("onecycle", 1.0, 1.0, 0.25) == pytest.approx(1e-4)
+
+
+def test_adam_recipe_runs_with_its_schedule(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    sizes = ["--emsize", "16", "--nhid", "32", "--nlayers", "2", "--batch-size", "8", "--bptt", "10",
+             "--eval-batch-size", "4", "--device", "cpu", "--lr", "0.01"]
+    assert train.main(["--preset", "awd-lstm-adam", "--data", str(corpus_dir), "--save", str(run),
+                       "--epochs", "3", *sizes]) == 0
+    rows = metrics(run)
+    assert rows[-1]["val_ppl"] < rows[0]["val_ppl"]
+    lrs = [r["lr"] for r in rows]  # the lr at each epoch's end, on its way down after the warm-up
+    assert lrs[0] < 0.01 and lrs[-1] < 1e-5
