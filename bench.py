@@ -23,7 +23,7 @@ from torch import nn
 
 import train
 from data import DataError, batchify, get_batch, load_corpus
-from model import LMOutput, ModelConfig, build_model, detach_hidden
+from model import LMOutput, detach_hidden
 
 WT2_VOCAB = 33_278
 CONFIGS = {
@@ -63,14 +63,13 @@ class PlainLSTM(nn.Module):
 
 
 def build(name, vocab_size):
-    """(model, training config for train_step, batch sizes, bptt) of a benchmark config."""
+    """(model, config for train_step with sizes, batch sizes and bptt) of a benchmark config."""
     spec = CONFIGS[name]
     if "preset" in spec:
         cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu"])
-        return train.new_model(cfg, vocab_size), cfg
-    keys = ("model", "emsize", "nhid", "nlayers", "dropout", "tied")
-    cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0}
-    return build_model(ModelConfig(vocab_size=vocab_size, **{k: spec[k] for k in keys})), cfg
+    else:
+        cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0}
+    return train.new_model(cfg, vocab_size), cfg
 
 
 def time_windows(run_batch, steps, windows, warmup):

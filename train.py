@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from checkpoint import BEST, CONFIG, LAST, METRICS, CheckpointError, load_checkpoint, save_checkpoint
 from data import DataError, batchify, get_batch, load_corpus
-from evaluate import evaluate
+from evaluate import check_vocab, evaluate
 from model import (MODEL_TYPES, AWDConfig, ModelConfig, activation_regularization, build_model,
                    config_from_dict, detach_hidden, map_hidden, temporal_activation_regularization)
 from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr, scheduled_lr
@@ -379,8 +379,8 @@ def start_run(cfg, ckpt, mode):
     if mode != "resume" and (run_dir / LAST).exists():
         raise ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue "
                           "it, or choose another --save")
-    if ckpt is not None and corpus.itos != ckpt["vocab"]:
-        raise ConfigError(f"the data at {corpus.source} does not match the run's vocabulary")
+    if ckpt is not None:
+        check_vocab(corpus, ckpt)
     torch.manual_seed(cfg["seed"])
     if mode == "new":
         model = new_model(cfg, len(corpus.itos))
@@ -443,14 +443,13 @@ def fit(cfg, ckpt=None, mode="new"):
     device = next(model.parameters()).device
     train_data = batchify(corpus.train, cfg["batch_size"], device)
     val_data = batchify(corpus.valid, cfg["eval_batch_size"], device)
-    eval_bptt = cfg["bptt"]
     (run_dir / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     truncate_metrics(run_dir, state.epoch)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"{corpus.source}: {len(corpus.itos):,} words, {len(corpus.train):,} train tokens | "
           f"{nparams:,} parameters | {device} | run dir {run_dir}")
     if mode == "finetune":  # the model must beat its own starting point to be saved
-        state.best_val_loss = evaluate(model, val_data, eval_bptt)
+        state.best_val_loss = evaluate(model, val_data, cfg["bptt"])
         print(f"fine-tuning from val ppl {math.exp(state.best_val_loss):.2f}")
 
     def save(name, hidden=None):
@@ -479,7 +478,7 @@ def fit(cfg, ckpt=None, mode="new"):
                       f"python train.py --resume {run_dir}")
                 return 130
             with averaging.weights(model):
-                val_loss = evaluate(model, val_data, eval_bptt)
+                val_loss = evaluate(model, val_data, cfg["bptt"])
             improved = val_loss < state.best_val_loss
             train_loss = state.train_loss_sum / state.train_tokens
             row = {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
