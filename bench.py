@@ -1,14 +1,22 @@
-"""Training and evaluation throughput (tokens/s) of the word-level models.
+"""Training and evaluation throughput of the word-level models, against a plain nn.LSTM model.
 
-    python bench.py --config lstm-small --json results/bench-lstm-small-cpu.json
-    python bench.py --config awd-lstm-wt2 --steps 6 --windows 4 --warmup 2
+    python bench.py --config awd-lstm-wt2 --dtype fp32 bf16 --json results/bench-awd-lstm-wt2-cpu.json
+    python bench.py --config lstm-small --dtype fp32 bf16 --device cuda
 
 Training is timed through train.py's own train_step (forward, backward, clip, SGD step, with
-AR/TAR for AWD-LSTM) and evaluation through the forward pass under no_grad, on real WikiText-2
-batches when the data are found (else random tokens with its vocabulary size). After a warm-up,
-several windows of --steps batches are timed and the median window is reported. For awd-lstm-wt2
-a plain model of identical sizes (nn.LSTM layers, tied decoder, no regularization) is timed in
-the same process, so the ratio shows what the regularizers cost.
+AR/TAR for AWD-LSTM) and evaluation through evaluate.py's score_batch (forward and scoring under
+no_grad, in evaluate.py's long windows at the config's evaluation batch size), on real WikiText-2
+batches when the data are found (else random tokens with its
+vocabulary size). After a warm-up, several windows of --steps batches are timed and the median
+window is reported. In the same process, for each --dtype, a plain model of identical sizes
+(nn.LSTM layers, same decoder and tying, no regularization) is timed the same way, so the ratio
+ours/plain shows what the regularizers cost.
+
+Also reported: peak memory of each phase (CPU: the process's peak resident set, reset before
+the phase; CUDA: peak allocated), model FLOPs per token (matmuls only: 2*4h(i+h) per LSTM layer
+and 2*d*vocab for the decoder, forward; training counts 3x forward), the achieved FLOP/s and its
+fraction of a matmul ceiling measured here (4096^2 matmuls in the same dtype), and the ratio to
+the reference throughputs in REFERENCE.
 """
 import argparse
 import json
@@ -23,7 +31,8 @@ from torch import nn
 
 import train
 from data import DataError, batchify, get_batch, load_corpus
-from model import LMOutput, detach_hidden
+from evaluate import eval_window, score_batch
+from model import DTYPES, LMOutput, Workspace
 
 WT2_VOCAB = 33_278
 CONFIGS = {
@@ -36,25 +45,33 @@ CONFIGS = {
     # the full AWD-LSTM WikiText-2 preset (33.6M parameters), at its fixed base bptt
     "awd-lstm-wt2": {"preset": "awd-lstm-wt2"},
 }
+# Tokens/s of other code on this project's 2-core CPU (AMD EPYC, torch 2.13), as given in the
+# speed issue, and the targets set there for ours.
+REFERENCE = {
+    "awd-lstm-wt2": {"source": "the original AWD-LSTM code at its WT2 config",
+                     "train": 760, "eval": 2300, "target_train": 1500, "target_eval": 4600},
+    "lstm-small": {"source": "pytorch/examples word_language_model", "train": 2150, "target_train": 3200},
+}
 
 
 class PlainLSTM(nn.Module):
-    """Embedding -> nn.LSTM layers of the given sizes -> tied decoder, with no regularization:
-    the reference that AWD-LSTM's regularizers are timed against."""
+    """Embedding -> nn.LSTM layers of the given sizes -> decoder (tied or not), with no
+    regularization: the reference that our models' regularizers are timed against."""
 
-    def __init__(self, vocab_size, layer_sizes):
+    def __init__(self, vocab_size, layer_sizes, tied):
         super().__init__()
         self.encoder = nn.Embedding(vocab_size, layer_sizes[0][0])
         self.rnns = nn.ModuleList(nn.LSTM(i, h) for i, h in layer_sizes)
         self.decoder = nn.Linear(layer_sizes[-1][1], vocab_size)
-        self.decoder.weight = self.encoder.weight
+        if tied:
+            self.decoder.weight = self.encoder.weight
 
-    def forward(self, tokens, hidden):
+    def forward(self, tokens, hidden, decode=True):
         x, new_hidden = self.encoder(tokens), []
         for rnn, state in zip(self.rnns, hidden):
             x, state = rnn(x, state)
             new_hidden.append(state)
-        return LMOutput(self.decoder(x), new_hidden, x, x)
+        return LMOutput(self.decoder(x) if decode else None, new_hidden, x, x)
 
     def init_hidden(self, batch_size):
         w = self.encoder.weight
@@ -62,54 +79,118 @@ class PlainLSTM(nn.Module):
                 for r in self.rnns]
 
 
-def build(name, vocab_size):
-    """(model, config for train_step with sizes, batch sizes and bptt) of a benchmark config."""
+def layer_sizes(model):
+    """(input, hidden) of each recurrent layer of one of our models."""
+    cfg = model.cfg
+    if cfg.model == "awd-lstm":
+        return cfg.layer_sizes()
+    return [(cfg.emsize, cfg.nhid)] + [(cfg.nhid, cfg.nhid)] * (cfg.nlayers - 1)
+
+
+def flops_per_token(sizes, decoder_in, vocab_size):
+    """Forward matmul FLOPs per token: the LSTM layers' gates (2 * 4h * (i + h) each) and the
+    decoder (2 * d * vocab). Elementwise work and the embedding lookup are not counted."""
+    return sum(8 * h * (i + h) for i, h in sizes) + 2 * decoder_in * vocab_size
+
+
+def build(name, vocab_size, dtype):
+    """(model, config for train_step with sizes, batch sizes, bptt and dtype) of a benchmark config."""
     spec = CONFIGS[name]
     if "preset" in spec:
-        cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu"])
+        cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype])
     else:
-        cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0}
+        cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype}
     return train.new_model(cfg, vocab_size), cfg
 
 
-def time_windows(run_batch, steps, windows, warmup):
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_windows(run_batch, steps, windows, warmup, device):
     """Seconds of each of `windows` windows of `steps` calls, after `warmup` calls."""
     for i in range(warmup):
         run_batch(i)
     times = []
     for w in range(windows):
+        synchronize(device)
         t0 = time.perf_counter()
         for i in range(steps):
             run_batch(warmup + w * steps + i)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def bench(model, cfg, train_tokens, steps, windows, warmup, device):
-    """Median tokens/s of training (train.train_step) and of evaluation (forward, no_grad)."""
+def reset_peak_memory(device):
+    """Start a new peak-memory measurement; False where it cannot be done."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def matmul_ceiling(device, dtype, size=4096, reps=5):
+    """Median FLOP/s of size x size matmuls in dtype on device: the ceiling that the model's
+    achieved FLOP/s is compared with."""
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device).to(torch_dtype)
+    b = torch.randn(size, size, device=device).to(torch_dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * size ** 3 / statistics.median(times)
+
+
+def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device):
+    """Median tokens/s and peak memory of training (train.train_step, windows of bptt rows) and
+    evaluation (evaluate.score_batch, windows of evaluate.eval_window rows)."""
     torch.manual_seed(0)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    bptt, results = cfg["bptt"], {}
-    for phase, bsz in (("train", cfg["batch_size"]), ("eval", cfg["eval_batch_size"])):
+    results = {}
+    phases = (("train", cfg["batch_size"], cfg["bptt"], steps),
+              ("eval", cfg["eval_batch_size"], eval_window(cfg["eval_batch_size"]), eval_steps))
+    for phase, bsz, bptt, calls in phases:
         source = batchify(train_tokens, bsz, device)
         nwin = (source.size(0) - 1) // bptt
-        state = {"hidden": model.init_hidden(bsz)}
+        state = {"hidden": model.init_hidden(bsz), "workspace": Workspace()}
 
-        def run_batch(i, source=source, nwin=nwin, state=state, phase=phase):
+        def run_batch(i, source=source, nwin=nwin, state=state, phase=phase, bptt=bptt):
             x, y = get_batch(source, (i % nwin) * bptt, bptt)
             if phase == "train":
-                _, state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg)
+                _, state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg,
+                                                      workspace=state["workspace"])
             else:
-                with torch.no_grad():
-                    state["hidden"] = model(x, detach_hidden(state["hidden"])).hidden
+                state["hidden"] = score_batch(model, x, y, state["hidden"], cfg["dtype"], state["workspace"])[2]
 
         model.train(phase == "train")
-        times = time_windows(run_batch, steps, windows, warmup)
-        tokens = steps * bsz * bptt
+        measured = reset_peak_memory(device)
+        times = time_windows(run_batch, calls, windows, warmup, device)
+        tokens = calls * bsz * bptt
         results[phase] = {
             "tokens_per_s": tokens / statistics.median(times),
             "window_tokens_per_s": [round(tokens / t, 1) for t in times],
+            "peak_memory_mb": round(peak_memory_mb(device), 1) if measured else None,
             "batch_size": bsz, "bptt": bptt,
         }
     results["parameters"] = sum(p.numel() for p in model.parameters())
@@ -122,13 +203,50 @@ def get_parser():
     p.add_argument("--data", default=str(Path(__file__).resolve().parent.parent / "shared" / "data" / "wikitext-2"),
                    help="corpus whose training batches are fed (default: ../shared/data/wikitext-2; "
                         "random tokens if missing)")
-    p.add_argument("--steps", type=int, default=30, help="batches per timed window (default: 30)")
+    p.add_argument("--dtype", choices=DTYPES, nargs="+", default=["fp32"],
+                   help="precisions to time, in this order, in one process (default: fp32)")
+    p.add_argument("--steps", type=int, default=30, help="training batches per timed window (default: 30)")
+    p.add_argument("--eval-steps", type=int, default=3,
+                   help="evaluation calls (of evaluate.EVAL_TOKENS tokens each) per timed window (default: 3)")
     p.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported (default: 5)")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
     return p
+
+
+def summarize(r, flops, ceiling):
+    """Add achieved FLOP/s and fraction of the matmul ceiling to one model's results."""
+    for phase, per_token in (("train", 3 * flops), ("eval", flops)):
+        achieved = r[phase]["tokens_per_s"] * per_token
+        r[phase]["achieved_gflops"] = round(achieved / 1e9, 1)
+        r[phase]["fraction_of_ceiling"] = round(achieved / ceiling, 3)
+
+
+def bench_dtype(args, dtype, tokens, device):
+    """Ours and plain at one precision, with FLOPs, ceiling and ratios."""
+    model, cfg = build(args.config, WT2_VOCAB, dtype)
+    sizes = layer_sizes(model)
+    flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
+    timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
+    ceiling = matmul_ceiling(device, dtype)
+    ours = bench(model, cfg, tokens, *timing)
+    del model
+    plain = PlainLSTM(WT2_VOCAB, sizes, cfg["tied"])
+    plain_results = bench(plain, {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
+    summarize(ours, flops, ceiling)
+    summarize(plain_results, flops, ceiling)
+    out = {"dtype": dtype, "matmul_ceiling_gflops": round(ceiling / 1e9, 1),
+           "model_flops_per_token": {"forward": flops, "train": 3 * flops},
+           "ours": ours, "plain": plain_results,
+           "ratio_ours_to_plain": {p: round(ours[p]["tokens_per_s"] / plain_results[p]["tokens_per_s"], 3)
+                                   for p in ("train", "eval")}}
+    ref = REFERENCE.get(args.config)
+    if ref:
+        out["ratio_to_reference"] = {p: round(ours[p]["tokens_per_s"] / ref[p], 3) for p in ("train", "eval")
+                                     if p in ref}
+    return out, cfg
 
 
 def main(argv=None):
@@ -141,23 +259,34 @@ def main(argv=None):
         print(f"note: {args.data} not found; timing on random tokens", file=sys.stderr)
         tokens, data = torch.randint(0, WT2_VOCAB, (200_000,)), "random"
     device = torch.device(args.device)
-    model, cfg = build(args.config, WT2_VOCAB)
-    timing = (args.steps, args.windows, args.warmup, device)
-    results = bench(model, cfg, tokens, *timing)
-    lines = [("ours", results)]
-    if args.config.startswith("awd"):
-        plain = PlainLSTM(WT2_VOCAB, model.cfg.layer_sizes())
-        results["plain"] = bench(plain, {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
-        results["train_ratio_ours_to_plain"] = (results["train"]["tokens_per_s"]
-                                                / results["plain"]["train"]["tokens_per_s"])
-        lines.append(("plain", results["plain"]))
-    report = {"config": args.config, **{k: v for k, v in cfg.items() if not isinstance(v, dict)},
-              "device": args.device, "data": data, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "machine": f"{platform.machine()}, {platform.processor() or '?'}",
-              "steps": args.steps, "windows": args.windows, "warmup": args.warmup, **results}
-    for name, r in lines:
-        print(f"{args.config} ({name}) on {args.device}: train {r['train']['tokens_per_s']:,.0f} tokens/s | "
-              f"eval {r['eval']['tokens_per_s']:,.0f} tokens/s | {r['parameters']:,} parameters")
+    runs, cfg = [], None
+    for dtype in args.dtype:
+        run, cfg = bench_dtype(args, dtype, tokens, device)
+        runs.append(run)
+        for name in ("ours", "plain"):
+            r = run[name]
+            print(f"{args.config} ({name}, {dtype}) on {args.device}: "
+                  f"train {r['train']['tokens_per_s']:,.0f} tok/s ({r['train']['fraction_of_ceiling']:.0%} of "
+                  f"{run['matmul_ceiling_gflops']:.0f} GFLOP/s), peak {r['train']['peak_memory_mb'] or 0:,.0f} MB | "
+                  f"eval {r['eval']['tokens_per_s']:,.0f} tok/s, peak {r['eval']['peak_memory_mb'] or 0:,.0f} MB | "
+                  f"{r['parameters']:,} parameters")
+        print(f"  ours/plain: train {run['ratio_ours_to_plain']['train']:.2f}, "
+              f"eval {run['ratio_ours_to_plain']['eval']:.2f}"
+              + "".join(f" | ours/reference {p}: {v:.2f}" for p, v in run.get("ratio_to_reference", {}).items()))
+    if len(runs) > 1:
+        base = runs[0]["ours"]
+        for run in runs[1:]:
+            print(f"  {run['dtype']}/{runs[0]['dtype']} (ours): "
+                  + ", ".join(f"{p} {run['ours'][p]['tokens_per_s'] / base[p]['tokens_per_s']:.2f}"
+                              for p in ("train", "eval")))
+    report = {"config": args.config,
+              **{k: cfg[k] for k in ("model", "emsize", "nhid", "nlayers", "tied", "batch_size",
+                                     "eval_batch_size", "bptt")},
+              "device": args.device, "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                                     else f"{platform.machine()}, {platform.processor() or '?'}"),
+              "data": data, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "steps": args.steps, "eval_steps": args.eval_steps, "windows": args.windows, "warmup": args.warmup,
+              "reference": REFERENCE.get(args.config), "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

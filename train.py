@@ -19,14 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import BEST, CONFIG, LAST, METRICS, CheckpointError, load_checkpoint, save_checkpoint
 from data import DataError, batchify, get_batch, load_corpus
 from evaluate import check_vocab, evaluate
-from model import (MODEL_TYPES, AWDConfig, ModelConfig, activation_regularization, build_model,
-                   config_from_dict, detach_hidden, map_hidden, temporal_activation_regularization)
+from model import (DTYPES, MODEL_TYPES, AWDConfig, ModelConfig, Workspace, activation_regularization, autocast,
+                   bf16_is_fast, build_model, config_from_dict, detach_hidden, linear_cross_entropy,
+                   map_hidden, temporal_activation_regularization)
 from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr, scheduled_lr
 
 # Defaults live here rather than in the parser, so that flags given on the command line can be
@@ -39,7 +39,7 @@ DEFAULTS = {
     "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
     "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
     "seed": 1111, "device": None, "save": None, "max_batches": None, "max_minutes": None,
-    "log_interval": 200,
+    "log_interval": 200, "dtype": None,
 }
 # AWD-LSTM's defaults (the paper's code's), applied under --model awd-lstm.
 AWD_DEFAULTS = {
@@ -65,7 +65,7 @@ DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 AWD_ONLY = ("dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output", "dropout_weight",
             "locked_dropout")
 # Flags that may change when a run is resumed; the rest would make it a different run.
-RESUMABLE = {"epochs", "device", "max_batches", "max_minutes", "log_interval"}
+RESUMABLE = {"epochs", "device", "dtype", "max_batches", "max_minutes", "log_interval"}
 # Flags that --finetune may not change: they define the model being fine-tuned.
 MODEL_FLAGS = {"data", "model", "emsize", "nhid", "nlayers", "dropout", "tied", *AWD_ONLY}
 
@@ -134,6 +134,9 @@ def get_parser():
     g = p.add_argument_group("run")
     add(g, "seed", "random seed", type=int)
     add(g, "device", "cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    add(g, "dtype", "compute precision: fp32, or bf16 autocast with fp32 master weights (default: bf16 "
+                 "where the device runs it natively, i.e. CUDA with bf16 or a CPU with AVX512-BF16/AMX, "
+                 "else fp32)", choices=DTYPES)
     add(g, "save", "run directory (default: checkpoints/<data>-<model>-<time>; <run>-finetune with --finetune)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last.pt; its saved config is used, and only "
@@ -146,6 +149,10 @@ def get_parser():
                        "validated and saved", type=float)
     add(g, "log_interval", "batches between progress-bar updates (each costs a host sync)", type=int)
     return p
+
+
+def default_dtype(device):
+    return "bf16" if bf16_is_fast(device) else "fp32"
 
 
 class ConfigError(Exception):
@@ -164,6 +171,8 @@ def fill_defaults(given):
         cfg["schedule"] = "constant" if cfg["optimizer"] == "nt-asgd" else "plateau"
     if cfg["device"] is None:
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["dtype"] is None:
+        cfg["dtype"] = default_dtype(cfg["device"])
     cfg["finetune"] = None
     return cfg
 
@@ -198,7 +207,7 @@ def resolve_config(argv=None):
         if fixed:
             raise ConfigError(f"{flag(fixed[0])} cannot change on --resume (the run used "
                               f"{saved.get(fixed[0])!r}); start a new run with --save instead")
-        return {**saved, **given, "save": str(resume)}, ckpt, "resume"
+        return {"dtype": "fp32", **saved, **given, "save": str(resume)}, ckpt, "resume"
     if finetune:
         ckpt = load_checkpoint(finetune, BEST)
         fixed = sorted(k for k in given if k in MODEL_FLAGS | {"preset"})
@@ -258,13 +267,17 @@ def make_optimizer(model, cfg):
     return opt(params, lr=lr, weight_decay=wd, betas=tuple(cfg["adam_betas"]))
 
 
-def train_step(model, x, y, hidden, optimizer, cfg, lr_factor=1.0):
+def train_step(model, x, y, hidden, optimizer, cfg, lr_factor=1.0, workspace=None):
     """One truncated-BPTT update with AR/TAR; returns the batch's mean cross-entropy (a tensor,
-    no host sync) and the new recurrent state. The lr is scaled by lr_factor for this step only."""
-    out = model(x, detach_hidden(hidden))
-    raw_loss = F.cross_entropy(out.logits.view(-1, out.logits.size(-1)), y.reshape(-1))
-    loss = (raw_loss + activation_regularization(out.dropped, cfg["alpha"])
-            + temporal_activation_regularization(out.raw, cfg["beta"]))
+    no host sync) and the new recurrent state. The lr is scaled by lr_factor for this step only;
+    a Workspace kept by the caller saves re-allocating the loss's scratch memory."""
+    with autocast(x.device, cfg["dtype"]):
+        out = model(x, detach_hidden(hidden), decode=False)
+        decoder = model.decoder
+        raw_loss = linear_cross_entropy(out.dropped.flatten(0, 1), decoder.weight, decoder.bias,
+                                        y.reshape(-1), workspace=workspace)
+        loss = (raw_loss + activation_regularization(out.dropped, cfg["alpha"])
+                + temporal_activation_regularization(out.raw, cfg["beta"]))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg["clip"] > 0:
@@ -290,6 +303,7 @@ def train_epoch(model, source, optimizer, cfg, state, averaging, hidden, should_
     nrows = source.size(0) - 1
     max_batches = cfg["max_batches"] or math.inf
     loss_sum = torch.tensor(state.train_loss_sum, dtype=torch.float64, device=source.device)
+    workspace = Workspace()
     # The bar counts tokens, so its rate is training tokens/s.
     bar = tqdm(total=nrows * source.size(1), initial=state.position * source.size(1), unit="tok",
                unit_scale=True, desc=f"epoch {state.epoch + 1}", dynamic_ncols=True, leave=False,
@@ -301,7 +315,7 @@ def train_epoch(model, source, optimizer, cfg, state, averaging, hidden, should_
             progress = (state.epoch + state.position / nrows) / cfg["epochs"]
             set_lr(optimizer, scheduled_lr(cfg["schedule"], cfg["lr"], progress, cfg["warmup"]))
         factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0
-        loss, hidden = train_step(model, x, y, hidden, optimizer, cfg, factor)
+        loss, hidden = train_step(model, x, y, hidden, optimizer, cfg, factor, workspace)
         if averaging.active:
             averaging.update(model)
         loss_sum += loss * y.numel()
@@ -447,9 +461,9 @@ def fit(cfg, ckpt=None, mode="new"):
     truncate_metrics(run_dir, state.epoch)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"{corpus.source}: {len(corpus.itos):,} words, {len(corpus.train):,} train tokens | "
-          f"{nparams:,} parameters | {device} | run dir {run_dir}")
+          f"{nparams:,} parameters | {device}, {cfg['dtype']} | run dir {run_dir}")
     if mode == "finetune":  # the model must beat its own starting point to be saved
-        state.best_val_loss = evaluate(model, val_data, cfg["bptt"])
+        state.best_val_loss = evaluate(model, val_data, cfg["dtype"]).loss
         print(f"fine-tuning from val ppl {math.exp(state.best_val_loss):.2f}")
 
     def save(name, hidden=None):
@@ -478,11 +492,12 @@ def fit(cfg, ckpt=None, mode="new"):
                       f"python train.py --resume {run_dir}")
                 return 130
             with averaging.weights(model):
-                val_loss = evaluate(model, val_data, cfg["bptt"])
+                val = evaluate(model, val_data, cfg["dtype"])
+            val_loss = val.loss
             improved = val_loss < state.best_val_loss
             train_loss = state.train_loss_sum / state.train_tokens
             row = {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
-                   "val_loss": val_loss, "val_ppl": math.exp(val_loss),
+                   "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_accuracy": val.accuracy,
                    "lr": optimizer.param_groups[0]["lr"], "averaged": averaging.active,
                    "epoch_seconds": round(time.time() - t0, 2),
                    "train_tokens_per_s": round((state.train_tokens - tokens0) / train_seconds, 1)}

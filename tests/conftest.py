@@ -46,7 +46,8 @@ def corpus_dir(tmp_path):
 
 
 TINY = ["--emsize", "24", "--nhid", "24", "--nlayers", "1", "--dropout", "0.0", "--batch-size", "8",
-        "--bptt", "10", "--eval-batch-size", "4", "--lr", "5", "--device", "cpu", "--log-interval", "10"]
+        "--bptt", "10", "--eval-batch-size", "4", "--lr", "5", "--device", "cpu", "--log-interval", "10",
+        "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from model import (
     LockedDropout,
     WeightDropLSTM,
     activation_regularization,
+    autocast,
     embedding_dropout,
     temporal_activation_regularization,
 )
@@ -23,7 +24,7 @@ from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
 AWD_TINY = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2",
             "--batch-size", "8", "--bptt", "10", "--eval-batch-size", "4", "--device", "cpu",
             "--log-interval", "10", "--lr", "10", "--dropout-input", "0.2", "--dropout-hidden", "0.1",
-            "--dropout-output", "0.2", "--dropout-weight", "0.2", "--dropout-embedding", "0.05"]
+            "--dropout-output", "0.2", "--dropout-weight", "0.2", "--dropout-embedding", "0.05", "--dtype", "fp32"]
 
 
 def metrics(run):
@@ -133,17 +134,20 @@ def test_two_forwards_draw_different_weight_drop_masks(lstm_calls):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_weight_drop_runs_fused_cudnn_without_weight_warnings():
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_weight_drop_runs_fused_cudnn_without_weight_warnings(dtype):
     layer = WeightDropLSTM(64, 128, weight_drop=0.5).cuda().train()
-    weights = layer.dropped_weights()
+    with autocast("cuda", dtype):
+        weights = layer.dropped_weights()
     base = weights[0].data_ptr()
     offsets = [w.data_ptr() - base for w in weights]
     sizes = [w.numel() * w.element_size() for w in weights]
     assert offsets == [sum(sizes[:i]) for i in range(4)]  # one contiguous buffer, cuDNN's order
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out, _ = layer(torch.randn(50, 8, 64, device="cuda"), zero_state(8, 128))
-        out.sum().backward()
+        with autocast("cuda", dtype):
+            out, _ = layer(torch.randn(50, 8, 64, device="cuda"), zero_state(8, 128))
+        out.float().sum().backward()
         torch.cuda.synchronize()
     assert not [w for w in caught if "contiguous" in str(w.message) or "flatten" in str(w.message)]
 
@@ -214,7 +218,7 @@ def test_lr_is_scaled_for_the_step_and_restored_after():
     assert opt.param_groups[0]["lr"] == 2.0
     # In a real step: the update is lr * factor * grad, and the lr is back afterwards.
     x, y = torch.randint(0, 30, (6, 4)), torch.randint(0, 30, (6, 4))
-    cfg = {"clip": 0.0, "alpha": 0.0, "beta": 0.0}
+    cfg = {"clip": 0.0, "alpha": 0.0, "beta": 0.0, "dtype": "fp32"}
     before = model.decoder.bias.detach().clone()
     probe = AWDLSTM(model.cfg)
     probe.load_state_dict(model.state_dict())
@@ -318,15 +322,15 @@ def test_after_the_trigger_evaluation_and_model_pt_use_the_averaged_weights(
     assert last["averaging"]["started"] == 2 and last["averaging"]["count"] > 0
     model, _ = load_model(run / "last.pt")
     val = batchify(load_corpus(str(corpus_dir)).valid, 4)
-    raw_loss = evaluate(model, val, 10)
+    raw_loss = evaluate(model, val).loss
     with torch.no_grad():  # by parameter, as the average is kept (the tied matrix once)
         for name, p in model.named_parameters():
             p.copy_(last["averaging"]["average"][name])
-    assert evaluate(model, val, 10) == rows[-1]["val_loss"]  # the logged loss is the average's
+    assert evaluate(model, val).loss == rows[-1]["val_loss"]  # the logged loss is the average's
     assert raw_loss != rows[-1]["val_loss"]
     best = min(rows, key=lambda r: r["val_loss"])
     best_model, _ = load_model(run)
-    assert evaluate(best_model, val, 10) == best["val_loss"]
+    assert evaluate(best_model, val).loss == best["val_loss"]
 
 
 def test_resume_after_the_trigger_reproduces_an_uninterrupted_run(corpus_dir, tmp_path, trigger_after_epoch_2):

@@ -36,7 +36,7 @@ def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
     best = min(metrics(run), key=lambda r: r["val_loss"])
     assert ckpt["state"]["epoch"] == best["epoch"]
     val = batchify(load_corpus(str(folder)).valid, ckpt["train_config"]["eval_batch_size"])
-    assert evaluate.evaluate(model, val, ckpt["train_config"]["bptt"]) == best["val_loss"]
+    assert evaluate.evaluate(model, val).loss == best["val_loss"]
 
 
 def test_checkpoint_holds_only_plain_data_and_loads_weights_only(trained_run):

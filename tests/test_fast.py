@@ -1,0 +1,140 @@
+"""The fast path: the chunked decoder loss, bf16 autocast, cheap masks. These pin that the fast
+code computes the same function as the plain one (exactly in fp32, within tolerance in bf16);
+how fast it is lives in bench.py and results/, not here."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import evaluate
+import train
+from conftest import TINY
+from data import batchify, load_corpus
+from model import (AWDConfig, ModelConfig, Workspace, autocast, bf16_is_fast, build_model,
+                   detach_hidden, dropout_mask, linear_cross_entropy, linear_scores)
+
+
+def reference_grads(features, weight, bias, targets, scale):
+    f, w, b = (t.detach().float().requires_grad_() for t in (features, weight, bias))
+    loss = F.cross_entropy(F.linear(f, w, b), targets)
+    (loss * scale).backward()
+    return loss.detach(), f.grad, w.grad, b.grad
+
+
+def fused_grads(features, weight, bias, targets, scale, rows, dtype=torch.float32):
+    f = features.detach().to(dtype).requires_grad_()
+    w, b = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    loss = linear_cross_entropy(f, w, b, targets, rows=rows)
+    (loss * scale).backward()
+    return loss.detach(), f.grad.float(), w.grad, b.grad
+
+
+@pytest.fixture
+def decoder_problem():
+    torch.manual_seed(0)
+    n, d, vocab = 300, 16, 50
+    return torch.randn(n, d), torch.randn(vocab, d) * 0.5, torch.randn(vocab) * 0.1, torch.randint(0, vocab, (n,))
+
+
+def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(decoder_problem):
+    # 300 tokens in chunks of 128: two full chunks and a partial one; an upstream gradient of 3.
+    ref = reference_grads(*decoder_problem, scale=3.0)
+    ours = fused_grads(*decoder_problem, scale=3.0, rows=128)
+    for r, o in zip(ref, ours):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_cross_entropy_in_bf16_is_close(decoder_problem):
+    ref = reference_grads(*decoder_problem, scale=1.0)
+    ours = fused_grads(*decoder_problem, scale=1.0, rows=128, dtype=torch.bfloat16)
+    assert abs(ours[0] - ref[0]) < 0.02
+    for r, o in zip(ref[1:], ours[1:]):
+        assert (o - r).norm() / r.norm() < 0.02
+    assert ours[1].dtype == torch.float32 and ours[2].dtype == torch.float32
+
+
+def test_linear_scores_counts_nats_and_correct_predictions(decoder_problem):
+    features, weight, bias, targets = decoder_problem
+    logits = F.linear(features, weight, bias)
+    nats, correct = linear_scores(features, weight, bias, targets, rows=128)
+    torch.testing.assert_close(nats.item(), F.cross_entropy(logits, targets, reduction="sum").item(), rtol=1e-6, atol=0)
+    assert correct.item() == (logits.argmax(1) == targets).sum().item()
+    # bf16 logits, fp32 log-softmax: close to the fp32 value.
+    bf_nats, _ = linear_scores(features.bfloat16(), weight, bias, targets, rows=128)
+    assert abs(bf_nats.item() - nats.item()) / nats.item() < 0.01
+
+
+def test_accuracy_on_a_hand_made_example():
+    # Three tokens, vocab 3; the decoder is the identity, so each feature row is its logits.
+    features = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 3.0, 1.0]])
+    weight, bias = torch.eye(3), torch.zeros(3)
+    nats, correct = linear_scores(features, weight, bias, torch.tensor([0, 1, 1]), rows=2)
+    assert correct.item() == 2  # row 0 right, row 1 wrong (predicts 2), row 2 right
+    expected = -(torch.log_softmax(features, 1)[[0, 1, 2], [0, 1, 1]]).sum()
+    assert nats.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_kept_workspace_is_reused_and_gives_the_same_results(decoder_problem):
+    workspace = Workspace()
+    first = linear_scores(*decoder_problem, rows=128, workspace=workspace)
+    pointer = workspace.flat[torch.float32].data_ptr()
+    second = linear_scores(*decoder_problem, rows=128, workspace=workspace)
+    assert workspace.flat[torch.float32].data_ptr() == pointer
+    assert [t.item() for t in first] == [t.item() for t in second]
+
+
+def test_dropout_mask_values_and_rate():
+    torch.manual_seed(0)
+    mask = dropout_mask(torch.empty(0), (400, 500), 0.3)
+    values = mask.unique().tolist()
+    assert values[0] == 0 and values[1] == pytest.approx(1 / 0.7) and len(values) == 2
+    assert abs((mask == 0).float().mean().item() - 0.3) < 0.01
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(vocab_size=40, model="lstm", emsize=32, nhid=32, nlayers=2),
+                                 ModelConfig(vocab_size=40, model="gru", emsize=32, nhid=32, nlayers=2),
+                                 AWDConfig(vocab_size=40, emsize=16, nhid=32, nlayers=2)],
+                         ids=["lstm", "gru", "awd-lstm"])
+def test_bf16_autocast_computes_the_same_function(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tokens = torch.randint(0, 40, (30, 4))
+    losses = {}
+    for dtype in ("fp32", "bf16"):
+        with torch.no_grad(), autocast("cpu", dtype):
+            out = model(tokens[:-1], model.init_hidden(4))
+        losses[dtype] = F.cross_entropy(out.logits.float().flatten(0, 1), tokens[1:].flatten())
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.01
+
+
+def test_evaluation_does_not_depend_on_the_window(corpus_dir, tmp_path):
+    torch.manual_seed(0)
+    corpus = load_corpus(str(corpus_dir))
+    model = build_model(AWDConfig(vocab_size=len(corpus.itos), emsize=16, nhid=32, nlayers=2))
+    source = batchify(corpus.valid, 1, "cpu")
+    short, long = (evaluate.evaluate(model, source, window=window) for window in (7, 500))
+    assert short.loss == pytest.approx(long.loss, rel=1e-5)
+    assert short.accuracy == long.accuracy
+
+
+def test_detach_hidden_keeps_states_in_fp32():
+    state = (torch.ones(1, 2, 3, dtype=torch.bfloat16, requires_grad=True),) * 2
+    assert all(h.dtype == torch.float32 and not h.requires_grad for h in detach_hidden(state))
+
+
+def test_default_dtype_follows_the_hardware():
+    assert train.default_dtype("cpu") == ("bf16" if bf16_is_fast("cpu") else "fp32")
+    cfg, _, _ = train.resolve_config(["--device", "cpu"])
+    assert cfg["dtype"] == train.default_dtype("cpu")
+
+
+def test_a_bf16_run_learns_and_may_resume_in_fp32(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    flags = [f if f != "fp32" else "bf16" for f in TINY]
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "3", *flags]) == 0
+    assert train.main(["--resume", str(run), "--epochs", "4", "--dtype", "fp32"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["val_ppl"] < len(load_corpus(str(corpus_dir)).itos) / 4
+    assert 0 < rows[-1]["val_accuracy"] <= 1
