@@ -79,14 +79,6 @@ class PlainLSTM(nn.Module):
                 for r in self.rnns]
 
 
-def layer_sizes(model):
-    """(input, hidden) of each recurrent layer of one of our models."""
-    cfg = model.cfg
-    if cfg.model == "awd-lstm":
-        return cfg.layer_sizes()
-    return [(cfg.emsize, cfg.nhid)] + [(cfg.nhid, cfg.nhid)] * (cfg.nlayers - 1)
-
-
 def flops_per_token(sizes, decoder_in, vocab_size):
     """Forward matmul FLOPs per token: the LSTM layers' gates (2 * 4h * (i + h) each) and the
     decoder (2 * d * vocab). Elementwise work and the embedding lookup are not counted."""
@@ -227,7 +219,7 @@ def summarize(r, flops, ceiling):
 def bench_dtype(args, dtype, tokens, device):
     """Ours and plain at one precision, with FLOPs, ceiling and ratios."""
     model, cfg = build(args.config, WT2_VOCAB, dtype)
-    sizes = layer_sizes(model)
+    sizes = model.cfg.layer_sizes()
     flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
     ceiling = matmul_ceiling(device, dtype)

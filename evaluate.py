@@ -8,7 +8,6 @@ import json
 import math
 import sys
 import time
-
 from typing import NamedTuple
 
 import torch

@@ -66,6 +66,10 @@ class ModelConfig(ConfigMixin):
             raise ValueError(f"unknown model {self.model!r}: choose one of {', '.join(RNN_TYPES)}")
         _check_common(self)
 
+    def layer_sizes(self):
+        """(input, hidden) of each recurrent layer."""
+        return [(self.emsize, self.nhid)] + [(self.nhid, self.nhid)] * (self.nlayers - 1)
+
 
 @dataclass
 class AWDConfig(ConfigMixin):
