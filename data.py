@@ -1,12 +1,17 @@
-"""Corpora for word-level language modeling: load, tokenize, build a vocabulary, cache, batch.
+"""Corpora for word- and character-level language modeling: load, tokenize, build a
+vocabulary, cache, batch.
 
-A corpus comes either from the Hugging Face hub (`--data wikitext-2`, the default) or from a
-local folder holding train.txt / valid.txt / test.txt (or wiki.{train,valid,test}.tokens).
-Both routes tokenize the same way, the convention of AWD-LSTM and pytorch/examples:
+A corpus comes from the Hugging Face hub (`--data wikitext-2`, the default; `tinyshakespeare`),
+from a local folder holding train.txt / valid.txt / test.txt (or wiki.{train,valid,test}.tokens),
+or, at character level, from one plain text file cut into contiguous splits (split_text). All
+routes tokenize the same way:
 
-    every line is split on whitespace and gets one <eos> appended, empty lines included;
-    the vocabulary is built from the training split, in order of first appearance;
-    a valid/test token missing from it becomes <unk> (an error if there is no <unk>).
+    word level, the convention of AWD-LSTM and pytorch/examples: every line is split on
+    whitespace and gets one <eos> appended, empty lines included; the vocabulary is the training
+    split's words in order of first appearance; a valid/test word missing from it becomes <unk>
+    (an error if there is no <unk>);
+    character level: every character is a token, newlines included; the vocabulary is the
+    training split's characters, sorted; a valid/test character missing from it is an error.
 """
 import hashlib
 import os
@@ -26,13 +31,17 @@ HUB_DATASETS = {
     "wikitext-2": ("Salesforce/wikitext", "wikitext-2-v1", "text"),
     "wikitext-103": ("Salesforce/wikitext", "wikitext-103-v1", "text"),
     "ptb": ("ptb-text-only/ptb_text_only", "penn_treebank", "sentence"),
+    # One row per split, cut from char-rnn's input.txt by the same rule as split_text.
+    "tinyshakespeare": ("karpathy/tiny_shakespeare", None, "text"),
 }
+LEVELS = ("word", "char")
 HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 SPLITS = ("train", "valid", "test")
 # Accepted file names of each split in a local folder, in order of preference.
 SPLIT_FILES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
-CACHE_VERSION = 1
-LOCAL_HINT = "pass --data PATH to a folder with train.txt/valid.txt/test.txt"
+CACHE_VERSION = 2
+LOCAL_HINT = ("pass --data PATH to a folder with train.txt/valid.txt/test.txt "
+              "(or, with --level char, to one text file)")
 
 
 class DataError(Exception):
@@ -41,15 +50,19 @@ class DataError(Exception):
 
 @dataclass
 class Corpus:
-    """Token ids of the three splits, as 1-D int64 tensors, and the vocabulary (id -> word)."""
+    """Token ids of the three splits, as 1-D int64 tensors, and the vocabulary (id -> token)."""
     itos: list
     train: torch.Tensor
     valid: torch.Tensor
     test: torch.Tensor
     source: str  # what --data named, for messages and the checkpoint
-    fingerprint: str  # hash of the source's content; it keys the cache
+    fingerprint: str  # hash of the source's content and the level; it keys the cache
+    level: str = "word"
 
     def split(self, name):
+        """A split by name; "valid+test" is the two joined, the last 10% of a split_text corpus."""
+        if name == "valid+test":
+            return torch.cat([self.valid, self.test])
         return getattr(self, name)
 
 
@@ -81,20 +94,48 @@ def encode(words, stoi, split):
     return torch.tensor(ids, dtype=torch.int64)
 
 
-def build_corpus(split_lines, source, fingerprint):
-    """split_lines: {'train'|'valid'|'test': iterable of lines} -> Corpus."""
-    words = {s: tokenize(split_lines[s]) for s in SPLITS}
-    itos = build_vocab(words["train"])
-    stoi = {w: i for i, w in enumerate(itos)}
-    ids = {s: encode(words[s], stoi, s) for s in SPLITS}
-    return Corpus(itos, ids["train"], ids["valid"], ids["test"], source, fingerprint)
+def encode_chars(text, stoi, split):
+    """Map characters to ids; a character missing from the vocabulary is an error naming it."""
+    missing = sorted(set(text) - stoi.keys())
+    if missing:
+        raise DataError(f"the {split} split has {len(missing)} character(s) that the training split "
+                        f"lacks: {', '.join(repr(c) for c in missing[:10])}; the vocabulary comes "
+                        "from training, so replace or remove them")
+    return torch.tensor([stoi[c] for c in text], dtype=torch.int64)
+
+
+def build_corpus(split_lines, source, fingerprint, level="word"):
+    """split_lines: {'train'|'valid'|'test': list of lines (word level) or one string (char
+    level)} -> Corpus."""
+    if level == "char":
+        itos = sorted(set(split_lines["train"]))
+        stoi = {c: i for i, c in enumerate(itos)}
+        ids = {s: encode_chars(split_lines[s], stoi, s) for s in SPLITS}
+    else:
+        words = {s: tokenize(split_lines[s]) for s in SPLITS}
+        itos = build_vocab(words["train"])
+        stoi = {w: i for i, w in enumerate(itos)}
+        ids = {s: encode(words[s], stoi, s) for s in SPLITS}
+    return Corpus(itos, ids["train"], ids["valid"], ids["test"], source, fingerprint, level)
+
+
+def split_text(text):
+    """Cut one text into contiguous train / valid / test: the first 90%, the next 5%, the rest.
+
+    The boundaries are int(0.9 n) and that plus int(0.5 (n - int(0.9 n))), the rule of the hub's
+    karpathy/tiny_shakespeare (and TensorFlow Datasets'), so a local input.txt gives the hub's
+    splits: for its 1,115,394 characters, [0, 1003854), [1003854, 1059624), [1059624, 1115394).
+    """
+    a = int(len(text) * 0.9)
+    b = a + int((len(text) - a) * 0.5)
+    return {"train": text[:a], "valid": text[a:b], "test": text[b:]}
 
 
 def cache_dir():
     return Path(os.environ.get("LM_DATA_CACHE", Path.home() / ".cache" / "lstm-lm"))
 
 
-def _load_cached(fingerprint, source):
+def _load_cached(fingerprint, source, level):
     path = cache_dir() / f"{fingerprint}.pt"
     if not path.exists():
         return None
@@ -102,7 +143,7 @@ def _load_cached(fingerprint, source):
         d = torch.load(path, weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
         return None  # a damaged cache entry is rebuilt
-    return Corpus(d["itos"], d["train"], d["valid"], d["test"], source, fingerprint)
+    return Corpus(d["itos"], d["train"], d["valid"], d["test"], source, fingerprint, level)
 
 
 def _store_cached(corpus):
@@ -131,30 +172,45 @@ def split_paths(folder):
     return paths
 
 
-def read_lines(path):
-    """Lines of a text file, split on newlines only (as iterating over the file does)."""
-    text = path.read_text(encoding="utf-8")
+def lines_of(text):
+    """Lines of a file's text, split on newlines only (as iterating over the file does)."""
     lines = text.split("\n")
     return lines[:-1] if text.endswith("\n") else lines
 
 
-def load_local(folder):
-    paths = split_paths(folder)
-    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
-    for split in SPLITS:
-        h.update(paths[split].read_bytes())
+def read_text(path):
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def load_local(path, level="word"):
+    """A folder of three split files, or (char level) one text file cut by split_text."""
+    path = Path(path)
+    single = path.is_file()
+    if single and level != "char":
+        raise DataError(f"{path} is a file: one text file is cut into splits only with --level char; "
+                        "at word level pass a folder with train.txt/valid.txt/test.txt")
+    paths = {"all": path} if single else split_paths(path)
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{level}".encode())
+    for p in paths.values():
+        h.update(p.read_bytes())
     fingerprint = h.hexdigest()[:32]
-    source = str(Path(folder).resolve())  # absolute, so a checkpoint finds it from anywhere
-    corpus = _load_cached(fingerprint, source)
+    source = str(path.resolve())  # absolute, so a checkpoint finds it from anywhere
+    corpus = _load_cached(fingerprint, source, level)
     if corpus is not None:
         return corpus
-    lines = {}
-    for split in SPLITS:
-        try:
-            lines[split] = read_lines(paths[split])
-        except UnicodeDecodeError as e:
-            raise DataError(f"{paths[split]} is not UTF-8 text ({e.reason} at byte {e.start})")
-    corpus = build_corpus(lines, source, fingerprint)
+    if single:
+        splits = split_text(read_text(path))
+        for split, text in splits.items():
+            if len(text) < 2:
+                raise DataError(f"{path} is too short: its {split} split has {len(text)} characters")
+    elif level == "char":
+        splits = {s: read_text(paths[s]) for s in SPLITS}
+    else:
+        splits = {s: lines_of(read_text(paths[s])) for s in SPLITS}
+    corpus = build_corpus(splits, source, fingerprint, level)
     _store_cached(corpus)
     return corpus
 
@@ -172,7 +228,7 @@ def hub_reachable(host, timeout=3.0):
         return False
 
 
-def load_hub(name):
+def load_hub(name, level="word"):
     repo, config, column = HUB_DATASETS[name]
     offline = not hub_reachable(hub_host())
     if offline:
@@ -186,29 +242,35 @@ def load_hub(name):
             reason = f"{hub_host()} is unreachable and the local Hugging Face cache has no copy"
         else:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"could not load {name} ({repo}, {config}) from the Hugging Face hub: "
-                        f"{reason}; {LOCAL_HINT}") from None
+        where = f"{repo}, {config}" if config else repo
+        raise DataError(f"could not load {name} ({where}) from the Hugging Face hub: {reason}; "
+                        f"{LOCAL_HINT}") from None
     missing = [s for s in HUB_SPLITS.values() if s not in ds]
     if missing:
         raise DataError(f"hub dataset {repo} ({config}) has no split {missing[0]}; {LOCAL_HINT}")
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{repo}|{config}".encode())
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{level}|{repo}|{config}".encode())
     for split in HUB_SPLITS.values():
         h.update(ds[split]._fingerprint.encode())
     fingerprint = h.hexdigest()[:32]
-    corpus = _load_cached(fingerprint, name)
+    corpus = _load_cached(fingerprint, name, level)
     if corpus is not None:
         return corpus
-    lines = {s: ds[hub][column] for s, hub in HUB_SPLITS.items()}
-    corpus = build_corpus(lines, name, fingerprint)
+    rows = {s: ds[hub][column] for s, hub in HUB_SPLITS.items()}
+    if level == "char":  # the rows of a split, as one text (wikitext's rows end in newlines)
+        rows = {s: "".join(r) for s, r in rows.items()}
+    corpus = build_corpus(rows, name, fingerprint, level)
     _store_cached(corpus)
     return corpus
 
 
-def load_corpus(data):
-    """--data value -> Corpus: a hub name from HUB_DATASETS, else a local folder."""
-    if data in HUB_DATASETS and not Path(data).is_dir():
-        return load_hub(data)
-    return load_local(data)
+def load_corpus(data, level="word"):
+    """--data value -> Corpus at `level` ("word" or "char"): a hub name from HUB_DATASETS, else a
+    local folder (or, at char level, a text file)."""
+    if level not in LEVELS:
+        raise DataError(f"unknown level {level!r}: choose one of {', '.join(LEVELS)}")
+    if data in HUB_DATASETS and not Path(data).exists():
+        return load_hub(data, level)
+    return load_local(data, level)
 
 
 # batchify lays a 1-D token stream out as `bsz` independent columns, dropping the tail that

@@ -1,7 +1,9 @@
-"""Perplexity of a trained run on the test (or validation) split.
+"""Loss, perplexity and next-token accuracy of a trained run on any split (bits per character too
+for character-level runs).
 
     python evaluate.py checkpoints/<run>                  # test split, batch size 1
     python evaluate.py checkpoints/<run> --split valid --json valid.json
+    python evaluate.py checkpoints/<char-run> --split valid+test   # the last 10%, nanoGPT's val split
 """
 import argparse
 import json
@@ -21,6 +23,15 @@ from model import DTYPES, Workspace, autocast, linear_scores
 class Scores(NamedTuple):
     loss: float  # mean cross-entropy, nats per token
     accuracy: float  # fraction of tokens whose most likely prediction is right
+
+    @property
+    def bits(self):
+        """Mean cross-entropy in bits per token (bits per character at char level)."""
+        return self.loss / math.log(2)
+
+    @property
+    def ppl(self):
+        return math.exp(self.loss)
 
 
 @torch.no_grad()
@@ -72,18 +83,25 @@ def evaluate(model, source, dtype="fp32", window=None, progress=False):
 def check_vocab(corpus, ckpt):
     if corpus.itos != ckpt["vocab"]:
         raise CheckpointError(
-            f"the data at {corpus.source} has a different vocabulary ({len(corpus.itos)} words) "
-            f"from the checkpoint's ({len(ckpt['vocab'])} words); pass the --data it was trained on")
+            f"the data at {corpus.source} has a different vocabulary ({len(corpus.itos)} tokens) "
+            f"from the checkpoint's ({len(ckpt['vocab'])} tokens); pass the --data it was trained on")
+
+
+def checkpoint_level(ckpt):
+    """"word" or "char"; runs saved before character-level support are word-level."""
+    return ckpt.get("level", "word")
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
-    p.add_argument("--split", choices=("test", "valid"), default="test", help="split to score (default: test)")
+    p.add_argument("--split", choices=("test", "valid", "train", "valid+test"), default="test",
+                   help="split to score; valid+test is the two joined, which for a text file cut by "
+                        "--level char is its last 10%% (default: test)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="columns evaluated in parallel (default: 1 for test, the AWD-LSTM paper's "
-                        "protocol, where every token sees its full history; 10 for valid, as "
-                        "during training)")
+                   help="columns evaluated in parallel (default: 1 for test and valid+test, the "
+                        "AWD-LSTM paper's protocol, where every token sees its full history; 10 for "
+                        "valid and train, as during training)")
     p.add_argument("--bptt", type=int, default=None,
                    help="rows (time steps) per forward call; the state carries across calls, so "
                         f"this changes speed, not the result (default: {EVAL_TOKENS:,} tokens per "
@@ -103,9 +121,10 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model, ckpt = load_model(args.run, device)
-        corpus = load_corpus(args.data or ckpt["data"])
+        level = checkpoint_level(ckpt)
+        corpus = load_corpus(args.data or ckpt["data"], level)
         check_vocab(corpus, ckpt)
-        batch_size = args.batch_size or (1 if args.split == "test" else 10)
+        batch_size = args.batch_size or (10 if args.split in ("valid", "train") else 1)
         bptt = args.bptt or eval_window(batch_size)
         if batch_size < 1 or bptt < 1:
             raise DataError("--batch-size and --bptt must be positive")
@@ -114,15 +133,19 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
-    loss, accuracy = evaluate(model, source, args.dtype, bptt, progress=True)
+    scores = evaluate(model, source, args.dtype, bptt, progress=True)
     seconds = time.time() - t0
     tokens = (source.size(0) - 1) * source.size(1)
-    result = {"run": str(args.run), "split": args.split, "loss": loss, "ppl": math.exp(loss),
-              "accuracy": accuracy, "tokens": tokens, "batch_size": batch_size, "bptt": bptt,
-              "dtype": args.dtype, "epoch": ckpt["state"]["epoch"], "seconds": round(seconds, 2)}
-    print(f"{args.split} loss {loss:.4f} | ppl {math.exp(loss):.2f} | accuracy {accuracy:.2%} | "
-          f"{tokens:,} tokens | batch {batch_size} | bptt {bptt} | {args.dtype} | "
-          f"{tokens / seconds:,.0f} tokens/s")
+    result = {"run": str(args.run), "split": args.split, "level": level, "loss": scores.loss,
+              "ppl": scores.ppl, "accuracy": scores.accuracy, "tokens": tokens, "batch_size": batch_size,
+              "bptt": bptt, "dtype": args.dtype, "epoch": ckpt["state"]["epoch"], "seconds": round(seconds, 2)}
+    bits = ""
+    if level == "char":
+        result["bpc"] = scores.bits
+        bits = f" | bpc {scores.bits:.4f}"
+    print(f"{args.split} loss {scores.loss:.4f} nats/{level}{bits} | ppl {scores.ppl:.2f} | "
+          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | bptt {bptt} | "
+          f"{args.dtype} | {tokens / seconds:,.0f} tokens/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

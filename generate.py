@@ -1,8 +1,10 @@
-"""Sample text from a trained run.
+"""Sample text from a trained run, word- or character-level.
 
     python generate.py checkpoints/<run> --temperature 0.8 --words 100 --prompt "the meaning of" --seed 1
+    python generate.py checkpoints/<char-run> --temperature 0.7 --chars 500 --prompt "ROMEO:" --seed 1
 
-The prompt is read by the model first and printed as given; <eos> prints as a newline.
+The prompt is read by the model first and printed as given. At word level <eos> prints as a
+newline; at character level the characters are printed as they are.
 """
 import argparse
 import sys
@@ -11,6 +13,7 @@ import torch
 
 from checkpoint import CheckpointError, load_model
 from data import EOS, UNK
+from evaluate import checkpoint_level
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):
@@ -29,7 +32,7 @@ def filter_logits(logits, top_k=0, top_p=1.0):
 
 @torch.no_grad()
 def generate(model, prompt_ids, n, temperature=1.0, top_k=0, top_p=1.0, generator=None, eos_id=0):
-    """Read prompt_ids (or a lone <eos> when empty), then sample n ids, one at a time."""
+    """Read prompt_ids (or the lone token eos_id when empty), then sample n ids, one at a time."""
     model.eval()
     device = next(model.parameters()).device
     context = torch.tensor(prompt_ids or [eos_id], device=device).view(-1, 1)  # (seq_len, batch=1)
@@ -58,6 +61,16 @@ def detokenize(words):
     return "\n".join(lines + [" ".join(line)])
 
 
+def encode_chars(prompt, stoi):
+    """Prompt characters -> ids; a character the model never saw in training is an error."""
+    missing = sorted(set(prompt) - stoi.keys())
+    if missing:
+        raise CheckpointError(f"prompt characters not in the model's vocabulary: "
+                              f"{', '.join(repr(c) for c in missing)}; it has {len(stoi)} characters: "
+                              f"{''.join(sorted(stoi))!r}")
+    return [stoi[c] for c in prompt]
+
+
 def encode_prompt(prompt, stoi):
     """Prompt words -> ids, with out-of-vocabulary words as <unk> (and a warning)."""
     words = prompt.split()
@@ -73,13 +86,15 @@ def encode_prompt(prompt, stoi):
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
-    p.add_argument("--words", type=int, default=100, help="number of words to sample (default: 100)")
+    p.add_argument("--words", "--chars", dest="length", type=int, default=None,
+                   help="number of tokens to sample: words for a word-level run, characters for a "
+                        "character-level one (default: 100 words or 500 characters)")
     p.add_argument("--prompt", default="", help="text the model reads before sampling (default: none)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="divide the logits by this; < 1 is more conservative, must be > 0 (default: 1)")
-    p.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest words (default: 0, off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest tokens (default: 0, off)")
     p.add_argument("--top-p", type=float, default=1.0,
-                   help="sample only among the likeliest words whose mass reaches p (default: 1, off)")
+                   help="sample only among the likeliest tokens whose mass reaches p (default: 1, off)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples (default: random)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     return p
@@ -90,13 +105,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.temperature > 0:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
-    if args.words < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
-        parser.error("--words and --top-k must be >= 0 and --top-p in (0, 1]")
+    if (args.length or 0) < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        parser.error("--words/--chars and --top-k must be >= 0 and --top-p in (0, 1]")
     try:
         model, ckpt = load_model(args.run, args.device)
         itos = ckpt["vocab"]
         stoi = {w: i for i, w in enumerate(itos)}
-        prompt_ids = encode_prompt(args.prompt, stoi)
+        char = checkpoint_level(ckpt) == "char"
+        prompt_ids = encode_chars(args.prompt, stoi) if char else encode_prompt(args.prompt, stoi)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -105,10 +121,14 @@ def main(argv=None):
         generator.seed()
     else:
         generator.manual_seed(args.seed)
-    ids = generate(model, prompt_ids, args.words, args.temperature, args.top_k, args.top_p,
-                   generator, eos_id=stoi[EOS])
-    words = args.prompt.split() + [itos[i] for i in ids]
-    print(detokenize(words))
+    length = args.length if args.length is not None else (500 if char else 100)
+    # With no prompt, a word model starts after an <eos> and a character model after a newline.
+    start = stoi.get("\n", 0) if char else stoi[EOS]
+    ids = generate(model, prompt_ids, length, args.temperature, args.top_k, args.top_p, generator, start)
+    if char:
+        print(args.prompt + "".join(itos[i] for i in ids))
+    else:
+        print(detokenize(args.prompt.split() + [itos[i] for i in ids]))
     return 0
 
 

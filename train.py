@@ -1,12 +1,14 @@
-"""Train a word-level recurrent language model: the classic baseline or AWD-LSTM.
+"""Train a recurrent language model on words or characters: the classic baseline or AWD-LSTM.
 
     python train.py --data ../shared/data/wikitext-2 --epochs 6 --save checkpoints/wt2-small
+    python train.py --level char --data ../shared/data/tinyshakespeare/input.txt --save checkpoints/shakespeare
     python train.py --preset awd-lstm-wt2 --data ../shared/data/wikitext-2 --save checkpoints/awd
     python train.py --finetune checkpoints/awd          # AWD-LSTM's second stage, into awd-finetune
     python train.py --resume checkpoints/wt2-small --epochs 10    # continue, possibly longer
 
 The run directory gets model.pt (best validation loss; averaged weights once NT-ASGD averages),
-last.pt (latest state, for --resume), metrics.jsonl (one line per epoch) and config.json.
+last.pt (latest state, for --resume), metrics.jsonl (one line per epoch), config.json and, with --plot,
+curves.png.
 Ctrl-C stops after the current batch and saves last.pt; --resume continues from exactly there.
 """
 import argparse
@@ -22,12 +24,13 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import BEST, CONFIG, LAST, METRICS, CheckpointError, load_checkpoint, save_checkpoint
-from data import DataError, batchify, get_batch, load_corpus
+from data import LEVELS, DataError, batchify, get_batch, load_corpus
 from evaluate import check_vocab, evaluate
 from model import (DTYPES, MODEL_TYPES, AWDConfig, ModelConfig, Workspace, activation_regularization, autocast,
                    bf16_is_fast, build_model, config_from_dict, detach_hidden, linear_cross_entropy,
                    map_hidden, temporal_activation_regularization)
 from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr, scheduled_lr
+from plot import PlotError, plot_runs
 
 # Defaults live here rather than in the parser, so that flags given on the command line can be
 # told apart from defaults: explicit flags override presets and, on --resume, the saved config.
@@ -39,7 +42,7 @@ DEFAULTS = {
     "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
     "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
     "seed": 1111, "device": None, "save": None, "max_batches": None, "max_minutes": None,
-    "log_interval": 200, "dtype": None,
+    "log_interval": 200, "dtype": None, "level": "word", "plot": False,
 }
 # AWD-LSTM's defaults (the paper's code's), applied under --model awd-lstm.
 AWD_DEFAULTS = {
@@ -47,6 +50,22 @@ AWD_DEFAULTS = {
     "dropout_input": 0.65, "dropout_hidden": 0.3, "dropout_output": 0.4, "dropout_weight": 0.5,
     "locked_dropout": True, "tied": True, "optimizer": "nt-asgd", "wdecay": 1.2e-6, "alpha": 2.0,
     "beta": 1.0, "batch_size": 80, "bptt": 70, "variable_bptt": True, "epochs": 750,
+}
+# Character-level defaults, applied under --level char (see the README's "Characters" section).
+# Characters are few (65 in Tiny Shakespeare) and each carries little information, so: Adam at
+# lr 2e-3 (as char-rnn) rather than SGD at lr 20, 100-character BPTT windows, a looser clip, and
+# none of the word-level regularizers that act on a whole token type (embedding dropout would delete every "e" of a
+# batch; tying a 65-row decoder saves nothing). AWD-LSTM keeps its locked dropout, weight drop
+# and AR/TAR at milder rates, near Merity et al. 2018's character-level PTB settings (dropouti
+# 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with a weight drop of 0.3 for a 2x512 model that
+# trains for minutes rather than days.
+CHAR_DEFAULTS = {
+    "data": "tinyshakespeare", "emsize": 128, "nhid": 512, "nlayers": 2, "dropout": 0.2,
+    "optimizer": "adam", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 100, "epochs": 30, "tied": False,
+}
+CHAR_AWD_DEFAULTS = {
+    **CHAR_DEFAULTS, "dropout": None, "dropout_embedding": 0.0, "dropout_input": 0.1,
+    "dropout_hidden": 0.25, "dropout_output": 0.1, "dropout_weight": 0.3, "variable_bptt": True,
 }
 PRESETS = {
     # Merity et al.'s WikiText-2 command: 750 epochs, dropouth 0.2, seed 1882.
@@ -65,9 +84,11 @@ DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 AWD_ONLY = ("dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output", "dropout_weight",
             "locked_dropout")
 # Flags that may change when a run is resumed; the rest would make it a different run.
-RESUMABLE = {"epochs", "device", "dtype", "max_batches", "max_minutes", "log_interval"}
+RESUMABLE = {"epochs", "device", "dtype", "max_batches", "max_minutes", "log_interval", "plot"}
+# Flags added after runs were first saved, with the value that those older runs used.
+LATER_FLAGS = {"dtype": "fp32", "level": "word", "plot": False}
 # Flags that --finetune may not change: they define the model being fine-tuned.
-MODEL_FLAGS = {"data", "model", "emsize", "nhid", "nlayers", "dropout", "tied", *AWD_ONLY}
+MODEL_FLAGS = {"data", "level", "model", "emsize", "nhid", "nlayers", "dropout", "tied", *AWD_ONLY}
 
 
 def flag(key):
@@ -78,19 +99,22 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def add(group, key, help, **kw):
-        default = DEFAULTS[key]
-        awd = AWD_DEFAULTS.get(key)
-        shown = "" if default is None else f" (default: {default}"
-        if awd is not None and awd != default:
-            shown += (", " if shown else " (default: ") + f"{awd} for awd-lstm"
-        group.add_argument(flag(key), default=None, help=help + shown + (")" if shown else ""), **kw)
+        shown = [] if DEFAULTS[key] is None else [str(DEFAULTS[key])]
+        for table, name in ((AWD_DEFAULTS, "awd-lstm"), (CHAR_DEFAULTS, "char"), (CHAR_AWD_DEFAULTS, "char awd-lstm")):
+            value = table.get(key)
+            if value is not None and str(value) not in shown:
+                shown.append(f"{value} for {name}")
+        help += f" (default: {', '.join(shown)})" if shown else ""
+        group.add_argument(flag(key), default=None, help=help, **kw)
 
     g = p.add_argument_group("data and model")
     g.add_argument("--preset", choices=PRESETS, default=None,
                    help="a published configuration; explicit flags override its values: "
                         + "; ".join(f"{name}: " + " ".join(f"{flag(k)} {v}" for k, v in preset.items())
                                     for name, preset in PRESETS.items()))
-    add(g, "data", "hub dataset (wikitext-2, wikitext-103, ptb) or a folder with train.txt/valid.txt/test.txt")
+    add(g, "data", "hub dataset (wikitext-2, wikitext-103, ptb, tinyshakespeare) or a folder with "
+                "train.txt/valid.txt/test.txt; with --level char also one text file, cut 90/5/5")
+    add(g, "level", "tokens are words (split on whitespace, <eos> per line) or characters", choices=LEVELS)
     add(g, "model", "recurrent model: a baseline cell or AWD-LSTM", choices=MODEL_TYPES)
     add(g, "emsize", "embedding size (awd-lstm: also its last layer's size when tied)", type=int)
     add(g, "nhid", "hidden units per layer (awd-lstm: all layers but the last)", type=int)
@@ -148,6 +172,8 @@ def get_parser():
     add(g, "max_minutes", "stop after this much training time: the epoch under way is cut short, "
                        "validated and saved", type=float)
     add(g, "log_interval", "batches between progress-bar updates (each costs a host sync)", type=int)
+    add(g, "plot", "when the run ends, draw its loss and accuracy curves into <run>/curves.png",
+        action=argparse.BooleanOptionalAction)
     return p
 
 
@@ -160,10 +186,15 @@ class ConfigError(Exception):
 
 
 def fill_defaults(given):
-    """Defaults < AWD-LSTM defaults (for awd-lstm) < preset < explicit flags."""
+    """Defaults < AWD-LSTM defaults (for awd-lstm) < character defaults (for --level char) <
+    preset < explicit flags."""
     preset = PRESETS[given["preset"]] if given.get("preset") else {}
     model = given.get("model") or preset.get("model") or DEFAULTS["model"]
-    cfg = {**DEFAULTS, **(AWD_DEFAULTS if model == "awd-lstm" else {}), **preset,
+    awd = model == "awd-lstm"
+    char = {}
+    if given.get("level") == "char":
+        char = CHAR_AWD_DEFAULTS if awd else CHAR_DEFAULTS
+    cfg = {**DEFAULTS, **(AWD_DEFAULTS if awd else {}), **char, **preset,
            **{k: v for k, v in given.items() if k != "preset"}, "preset": given.get("preset")}
     if cfg["lr"] is None:
         cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
@@ -207,14 +238,14 @@ def resolve_config(argv=None):
         if fixed:
             raise ConfigError(f"{flag(fixed[0])} cannot change on --resume (the run used "
                               f"{saved.get(fixed[0])!r}); start a new run with --save instead")
-        return {"dtype": "fp32", **saved, **given, "save": str(resume)}, ckpt, "resume"
+        return {**LATER_FLAGS, **saved, **given, "save": str(resume)}, ckpt, "resume"
     if finetune:
         ckpt = load_checkpoint(finetune, BEST)
         fixed = sorted(k for k in given if k in MODEL_FLAGS | {"preset"})
         if fixed:
             raise ConfigError(f"{flag(fixed[0])} cannot change with --finetune: the model comes "
                               f"from {finetune}")
-        cfg = {**ckpt["train_config"], "optimizer": "nt-asgd", "schedule": "constant",
+        cfg = {**LATER_FLAGS, **ckpt["train_config"], "optimizer": "nt-asgd", "schedule": "constant",
                "lr": DEFAULT_LR["nt-asgd"], "save": str(Path(finetune)) + "-finetune", **given,
                "finetune": str(finetune)}
         check_config(cfg, given)
@@ -222,8 +253,9 @@ def resolve_config(argv=None):
     cfg = fill_defaults(given)
     check_config(cfg, given)
     if cfg["save"] is None:
-        name = Path(cfg["data"]).name or "data"
-        cfg["save"] = f"checkpoints/{name}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = Path(cfg["data"]).stem or "data"
+        level = "-char" if cfg["level"] == "char" else ""
+        cfg["save"] = f"checkpoints/{name}{level}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, None, "new"
 
 
@@ -358,6 +390,7 @@ def make_checkpoint(model, optimizer, cfg, corpus, state, averaging, hidden=None
         "state": asdict(state),
         "averaging": averaging_state,
         "vocab": corpus.itos,
+        "level": corpus.level,
         "data": corpus.source,
         "data_fingerprint": corpus.fingerprint,
         # Mid-epoch only: the recurrent state that the next batch continues from.
@@ -388,7 +421,7 @@ def start_run(cfg, ckpt, mode):
     device = torch.device(cfg["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
-    corpus = load_corpus(cfg["data"])
+    corpus = load_corpus(cfg["data"], cfg["level"])
     run_dir = Path(cfg["save"])
     if mode != "resume" and (run_dir / LAST).exists():
         raise ConfigError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue "
@@ -460,7 +493,8 @@ def fit(cfg, ckpt=None, mode="new"):
     (run_dir / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     truncate_metrics(run_dir, state.epoch)
     nparams = sum(p.numel() for p in model.parameters())
-    print(f"{corpus.source}: {len(corpus.itos):,} words, {len(corpus.train):,} train tokens | "
+    unit = "characters" if corpus.level == "char" else "words"
+    print(f"{corpus.source}: {len(corpus.itos):,} {unit}, {len(corpus.train):,} train tokens | "
           f"{nparams:,} parameters | {device}, {cfg['dtype']} | run dir {run_dir}")
     if mode == "finetune":  # the model must beat its own starting point to be saved
         state.best_val_loss = evaluate(model, val_data, cfg["dtype"]).loss
@@ -498,6 +532,8 @@ def fit(cfg, ckpt=None, mode="new"):
             train_loss = state.train_loss_sum / state.train_tokens
             row = {"epoch": epoch, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
                    "val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_accuracy": val.accuracy,
+                   **({"train_bpc": train_loss / math.log(2), "val_bpc": val.bits}
+                      if corpus.level == "char" else {}),
                    "lr": optimizer.param_groups[0]["lr"], "averaged": averaging.active,
                    "epoch_seconds": round(time.time() - t0, 2),
                    "train_tokens_per_s": round((state.train_tokens - tokens0) / train_seconds, 1)}
@@ -514,17 +550,30 @@ def fit(cfg, ckpt=None, mode="new"):
                     save(BEST)
             save(LAST)
             append_metrics(run_dir, row)
-            print(f"epoch {epoch:3d} | train ppl {row['train_ppl']:8.2f} | val loss {val_loss:.4f} | "
-                  f"val ppl {row['val_ppl']:8.2f} | lr {row['lr']:.4g} | {row['epoch_seconds']:.0f}s"
+            val_text = (f"val bpc {row['val_bpc']:.4f} | val acc {val.accuracy:.2%}" if corpus.level == "char"
+                        else f"val ppl {row['val_ppl']:8.2f}")
+            print(f"epoch {epoch:3d} | train loss {train_loss:.4f} | val loss {val_loss:.4f} | {val_text} | "
+                  f"lr {row['lr']:.4g} | {row['epoch_seconds']:.0f}s"
                   + (" | saved best" if improved else "") + (f" | {note}" if note else "")
                   + (" | time budget reached" if partial else ""), flush=True)
             if stop.requested:
                 print(f"stopped after epoch {epoch}; resume with python train.py --resume {run_dir}")
                 return 130
             epoch += 1
-    print(f"done: best val ppl {math.exp(state.best_val_loss):.2f} | {state.seconds / 60:.1f} min | "
-          f"evaluate with python evaluate.py {run_dir}")
+    print(f"done: best val loss {state.best_val_loss:.4f} (ppl {math.exp(state.best_val_loss):.2f}) | "
+          f"{state.seconds / 60:.1f} min | evaluate with python evaluate.py {run_dir}")
+    if cfg["plot"]:
+        draw_run(run_dir)
     return 0
+
+
+def draw_run(run_dir):
+    """The run's own curves.png; plotting trouble is a warning, since training has finished."""
+    try:
+        plot_runs([run_dir], run_dir / "curves.png")
+        print(f"curves: {run_dir / 'curves.png'}")
+    except (ImportError, PlotError) as e:
+        print(f"warning: no curves.png: {e}", file=sys.stderr)
 
 
 def main(argv=None):

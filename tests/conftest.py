@@ -50,16 +50,22 @@ TINY = ["--emsize", "24", "--nhid", "24", "--nlayers", "1", "--dropout", "0.0", 
         "--dtype", "fp32"]
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """A small LSTM run on the grammar corpus, trained once and shared by read-only tests."""
+def train_once(tmp_path_factory, name, write_data, args):
+    """Train a small run in its own folder and cache; returns (run dir, data path)."""
     import train
-    base = tmp_path_factory.mktemp("trained")
-    folder = write_corpus(base / "corpus")
+    base = tmp_path_factory.mktemp(name)
+    data_path = write_data(base)
     run = base / "run"
     mp = pytest.MonkeyPatch()
     mp.setenv("LM_DATA_CACHE", str(base / "cache"))
     torch.set_num_threads(1)
-    assert train.main(["--data", str(folder), "--save", str(run), "--epochs", "4", *TINY]) == 0
+    assert train.main(["--data", str(data_path), "--save", str(run), *args]) == 0
     mp.undo()
-    return run, folder
+    return run, data_path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A small LSTM run on the grammar corpus, trained once and shared by read-only tests."""
+    return train_once(tmp_path_factory, "trained", lambda base: write_corpus(base / "corpus"),
+                      ["--epochs", "4", *TINY])
