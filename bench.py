@@ -204,6 +204,8 @@ def get_parser():
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true",
+                   help="time torch.compile'd models (ours and plain), compiled before the warm-up")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
     return p
 
@@ -223,10 +225,11 @@ def bench_dtype(args, dtype, tokens, device):
     flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
     ceiling = matmul_ceiling(device, dtype)
-    ours = bench(model, cfg, tokens, *timing)
+    maybe_compile = torch.compile if args.compile else (lambda m: m)
+    ours = bench(maybe_compile(model), cfg, tokens, *timing)
     del model
     plain = PlainLSTM(WT2_VOCAB, sizes, cfg["tied"])
-    plain_results = bench(plain, {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
+    plain_results = bench(maybe_compile(plain), {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
     summarize(ours, flops, ceiling)
     summarize(plain_results, flops, ceiling)
     out = {"dtype": dtype, "matmul_ceiling_gflops": round(ceiling / 1e9, 1),
@@ -277,7 +280,8 @@ def main(argv=None):
               "device": args.device, "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                                      else f"{platform.machine()}, {platform.processor() or '?'}"),
               "data": data, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "steps": args.steps, "eval_steps": args.eval_steps, "windows": args.windows, "warmup": args.warmup,
+              "compile": args.compile, "steps": args.steps, "eval_steps": args.eval_steps,
+              "windows": args.windows, "warmup": args.warmup,
               "reference": REFERENCE.get(args.config), "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

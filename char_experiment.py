@@ -8,7 +8,10 @@ LSTM, each trained, scored and sampled with train.py, evaluate.py and generate.p
 The 4x128 pair repeats a published comparison (embedding -> 4 recurrent layers of 128 -> linear,
 no dropout), which found the RNN better: test loss 1.5644 vs 1.6645 nats/char, accuracy 53.55%
 vs 51.38%. Both get the same epochs, optimizer and data. `best` is AWD-LSTM with the character
-defaults of train.py (2x512, weight drop, locked dropout, AR/TAR, Adam) under a time budget.
+defaults of train.py (2x512, weight drop, locked dropout, AR/TAR, Adam) under a time budget;
+`best-cosine` is the same model with a cosine lr schedule over --cosine-epochs. The `-long` runs
+continue copies of the 4x128 pair to --long-epochs, to see where each ends up with more time, and
+`lstm-128x2` is the LSTM with 2 layers instead of 4, to see what the depth costs it.
 
 Run directories go to --runs/char-<name>; a run that exists is resumed (a finished one is only
 re-scored). Into --out go each run's metrics, test / valid / valid+test scores (batch 1),
@@ -34,18 +37,30 @@ PUBLISHED = {"rnn-128x4": (1.5644, 0.5355), "lstm-128x4": (1.6645, 0.5138)}
 SMALL = ["--emsize", "128", "--nhid", "128", "--nlayers", "4", "--dropout", "0"]
 TEMPERATURES = (0.7, 1.0, 4.0)
 SPLITS = ("test", "valid", "valid+test")
-RUNS = ("rnn-128x4", "lstm-128x4", "best")
+RUNS = ("rnn-128x4", "lstm-128x4", "best", "best-cosine", "rnn-128x4-long", "lstm-128x4-long", "lstm-128x2")
 
 
 def run_args(name, args):
     """train.py flags of each run, beyond --level char --data --save."""
-    if name == "best":
+    if name == "best":  # the character defaults: Adam, lr / 4 on a plateau, under a time budget
         return ["--model", "awd-lstm", "--epochs", str(args.best_epochs), "--max-minutes", str(args.best_minutes)]
+    if name == "best-cosine":  # the same with a cosine schedule over a number of epochs that fits the budget
+        return ["--model", "awd-lstm", "--schedule", "cosine", "--epochs", str(args.cosine_epochs),
+                "--max-minutes", str(args.best_minutes)]
+    if name.endswith("-long"):
+        return ["--epochs", str(args.long_epochs)]
+    if name == "lstm-128x2":  # the 4x128 LSTM with half the layers: is depth what holds it back?
+        return ["--model", "lstm", *SMALL[:4], "--nlayers", "2", "--dropout", "0", "--epochs", str(args.epochs)]
     model = {"rnn-128x4": "rnn_tanh", "lstm-128x4": "lstm"}[name]
     return ["--model", model, *SMALL, "--epochs", str(args.epochs)]
 
 
 def train_run(name, run_dir, args):
+    if name.endswith("-long") and not run_dir.exists():  # continue a copy of the finished 25-epoch run
+        base = run_dir.with_name(run_dir.name.removesuffix("-long"))
+        if not (base / LAST).exists():
+            raise SystemExit(f"{name} continues {base}: train {base.name.removeprefix('char-')} first")
+        shutil.copytree(base, run_dir)
     if (run_dir / LAST).exists():
         extra = run_args(name, args)
         budget = [a for i in range(0, len(extra), 2) if extra[i] in ("--epochs", "--max-minutes")
@@ -100,12 +115,15 @@ def report(runs_dir, out):
         shutil.copy(run_dir / METRICS, out / f"{name}-metrics.jsonl")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    pair = [(n, d) for n, d in found if n != "best"]
-    if pair:
-        plot_runs([d for _, d in pair], out / "curves-rnn-vs-lstm.png", [n for n, _ in pair],
-                  "Tiny Shakespeare, 4x128: vanilla RNN vs LSTM")
-    if found:
-        plot_runs([d for _, d in found], out / "curves-all.png", [n for n, _ in found], "Tiny Shakespeare")
+    figures = {"curves-rnn-vs-lstm.png": (("rnn-128x4", "lstm-128x4"), "4x128: vanilla RNN vs LSTM, 25 epochs"),
+               "curves-rnn-vs-lstm-long.png": (("rnn-128x4-long", "lstm-128x4-long"), "4x128, continued"),
+               "curves-depth.png": (("rnn-128x4", "lstm-128x4", "lstm-128x2"), "RNN vs LSTM, 4 and 2 layers of 128"),
+               "curves-best.png": (("best", "best-cosine"), "AWD-LSTM 2x512, plateau vs cosine lr")}
+    found = dict(found)
+    for file, (names, title) in figures.items():
+        names = [n for n in names if n in found]
+        if names:
+            plot_runs([found[n] for n in names], out / file, names, f"Tiny Shakespeare, {title}")
 
 
 def get_parser():
@@ -114,11 +132,16 @@ def get_parser():
                    help="Tiny Shakespeare: the local input.txt or the hub name tinyshakespeare "
                         "(default: ../shared/data/tinyshakespeare/input.txt)")
     p.add_argument("--only", nargs="*", choices=RUNS, default=list(RUNS),
-                   help="runs to train and score (default: all); with no names, only the report is rebuilt")
+                   help="runs to train and score, in order (default: all); with no names, only the "
+                        "report is rebuilt")
     p.add_argument("--epochs", type=int, default=25, help="epochs of the 4x128 RNN and LSTM (default: 25)")
+    p.add_argument("--long-epochs", type=int, default=60,
+                   help="epochs that rnn-128x4-long and lstm-128x4-long continue their run to (default: 60)")
     p.add_argument("--best-epochs", type=int, default=40, help="epoch cap of the best run (default: 40)")
     p.add_argument("--best-minutes", type=float, default=55,
-                   help="training-time budget of the best run (default: 55)")
+                   help="training-time budget of each best run (default: 55)")
+    p.add_argument("--cosine-epochs", type=int, default=16,
+                   help="epochs of best-cosine, whose lr reaches 0 at the last (default: 16)")
     p.add_argument("--seed", type=int, default=1111, help="seed of every run (default: 1111)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--runs", default="checkpoints", help="where the run directories go (default: checkpoints)")

@@ -33,6 +33,7 @@ def plot_runs(runs, out, labels=None, title=None):
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     labels = labels or [Path(r).name for r in runs]
     if len(labels) != len(runs):
@@ -49,6 +50,7 @@ def plot_runs(runs, out, labels=None, title=None):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy (nats per token)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="next-token accuracy (%)", title="validation accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA, grammar_lines, train_once
 
+import data
 import evaluate
 import generate
 import plot
@@ -63,6 +64,20 @@ def test_tiny_shakespeare_splits_match_the_hub():
     assert len(corpus.itos) == 65
     first_valid = "".join(corpus.itos[i] for i in corpus.valid[:12])
     assert first_valid == SHAKESPEARE.read_text()[1_003_854:1_003_866]
+
+
+def test_hub_tiny_shakespeare_matches_the_local_file(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    path = write_text(tmp_path / "play.txt")
+    parts = split_text(path.read_text())  # the hub holds each split as one row of text
+    fake = datasets.DatasetDict({hub: datasets.Dataset.from_dict({"text": [parts[s]]})
+                                 for s, hub in (("train", "train"), ("valid", "validation"), ("test", "test"))})
+    monkeypatch.setattr(data, "hub_reachable", lambda host: True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, config: fake)
+    hub, local = load_corpus("tinyshakespeare", level="char"), load_corpus(str(path), level="char")
+    assert hub.itos == local.itos and hub.level == "char"
+    for split in ("train", "valid", "test"):
+        assert torch.equal(hub.split(split), local.split(split))
 
 
 def test_unseen_character_in_valid_is_a_clear_error(tmp_path):
