@@ -233,6 +233,7 @@ def load_hub(name, level="word"):
     offline = not hub_reachable(hub_host())
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # still serves a copy in the local HF cache
+    where = f"{repo}, {config}" if config else repo
     try:
         import datasets
         datasets.logging.set_verbosity_error()
@@ -242,12 +243,11 @@ def load_hub(name, level="word"):
             reason = f"{hub_host()} is unreachable and the local Hugging Face cache has no copy"
         else:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        where = f"{repo}, {config}" if config else repo
         raise DataError(f"could not load {name} ({where}) from the Hugging Face hub: {reason}; "
                         f"{LOCAL_HINT}") from None
     missing = [s for s in HUB_SPLITS.values() if s not in ds]
     if missing:
-        raise DataError(f"hub dataset {repo} ({config}) has no split {missing[0]}; {LOCAL_HINT}")
+        raise DataError(f"hub dataset {name} ({where}) has no split {missing[0]}; {LOCAL_HINT}")
     h = hashlib.sha256(f"v{CACHE_VERSION}|{level}|{repo}|{config}".encode())
     for split in HUB_SPLITS.values():
         h.update(ds[split]._fingerprint.encode())

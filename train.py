@@ -54,11 +54,11 @@ AWD_DEFAULTS = {
 # Character-level defaults, applied under --level char (see the README's "Characters" section).
 # Characters are few (65 in Tiny Shakespeare) and each carries little information, so: Adam at
 # lr 2e-3 (as char-rnn) rather than SGD at lr 20, 100-character BPTT windows, a looser clip, and
-# none of the word-level regularizers that act on a whole token type (embedding dropout would delete every "e" of a
-# batch; tying a 65-row decoder saves nothing). AWD-LSTM keeps its locked dropout, weight drop
-# and AR/TAR at milder rates, near Merity et al. 2018's character-level PTB settings (dropouti
-# 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with a weight drop of 0.3 for a 2x512 model that
-# trains for minutes rather than days.
+# none of the word-level regularizers that act on a whole token type (embedding dropout would
+# delete every "e" of a batch; tying a 65-row decoder saves nothing). AWD-LSTM keeps its locked
+# dropout, weight drop and AR/TAR at milder rates, near Merity et al. 2018's character-level PTB
+# settings (dropouti 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with a weight drop of 0.3 for
+# a 2x512 model that trains for minutes rather than days.
 CHAR_DEFAULTS = {
     "data": "tinyshakespeare", "emsize": 128, "nhid": 512, "nlayers": 2, "dropout": 0.2,
     "optimizer": "adam", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 100, "epochs": 30, "tied": False,
@@ -95,17 +95,36 @@ def flag(key):
     return "--" + key.replace("_", "-")
 
 
+def base_defaults(awd, char):
+    """The defaults of a run before presets and flags: DEFAULTS, then AWD-LSTM's for awd-lstm,
+    then the character defaults for --level char."""
+    char_table = (CHAR_AWD_DEFAULTS if awd else CHAR_DEFAULTS) if char else {}
+    return {**DEFAULTS, **(AWD_DEFAULTS if awd else {}), **char_table}
+
+
+# Kinds of run with their own defaults, as (awd, char), named as --help names them.
+KINDS = {"awd-lstm": (True, False), "char": (False, True), "char awd-lstm": (True, True)}
+
+
+def default_note(key):
+    """' (default: ...)' for --help: the plain default, then each kind of run's default where it
+    differs from a kind that it refines (char awd-lstm refines both awd-lstm and char)."""
+    shown = {}  # value -> kinds that default to it
+    for kind, (awd, char) in KINDS.items():
+        value = base_defaults(awd, char)[key]
+        refined = [base_defaults(False, char)[key], base_defaults(awd, False)[key]]
+        if value is not None and any(value != r for r in refined):
+            shown.setdefault(str(value), []).append(kind)
+    parts = [] if DEFAULTS[key] is None else [str(DEFAULTS[key])]
+    parts += [f"{value} for {' and '.join(kinds)}" for value, kinds in shown.items()]
+    return f" (default: {', '.join(parts)})" if parts else ""
+
+
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def add(group, key, help, **kw):
-        shown = [] if DEFAULTS[key] is None else [str(DEFAULTS[key])]
-        for table, name in ((AWD_DEFAULTS, "awd-lstm"), (CHAR_DEFAULTS, "char"), (CHAR_AWD_DEFAULTS, "char awd-lstm")):
-            value = table.get(key)
-            if value is not None and str(value) not in shown:
-                shown.append(f"{value} for {name}")
-        help += f" (default: {', '.join(shown)})" if shown else ""
-        group.add_argument(flag(key), default=None, help=help, **kw)
+        group.add_argument(flag(key), default=None, help=help + default_note(key), **kw)
 
     g = p.add_argument_group("data and model")
     g.add_argument("--preset", choices=PRESETS, default=None,
@@ -135,7 +154,8 @@ def get_parser():
     g = p.add_argument_group("optimization")
     add(g, "optimizer", "sgd (plain), nt-asgd (SGD, then averaging by the non-monotone trigger), adam, adamw",
         choices=tuple(DEFAULT_LR))
-    add(g, "lr", "initial learning rate (default: 20 for sgd, 30 for nt-asgd, 0.001 for adam/adamw)", type=float)
+    add(g, "lr", "initial learning rate; at word level 20 for sgd, 30 for nt-asgd, 0.001 for adam/adamw",
+        type=float)
     add(g, "schedule", "lr schedule: plateau (divide by --anneal when validation does not improve), "
                     "constant, cosine or onecycle (default: constant for nt-asgd, else plateau)",
         choices=("plateau", "constant", "cosine", "onecycle"))
@@ -190,11 +210,7 @@ def fill_defaults(given):
     preset < explicit flags."""
     preset = PRESETS[given["preset"]] if given.get("preset") else {}
     model = given.get("model") or preset.get("model") or DEFAULTS["model"]
-    awd = model == "awd-lstm"
-    char = {}
-    if given.get("level") == "char":
-        char = CHAR_AWD_DEFAULTS if awd else CHAR_DEFAULTS
-    cfg = {**DEFAULTS, **(AWD_DEFAULTS if awd else {}), **char, **preset,
+    cfg = {**base_defaults(model == "awd-lstm", given.get("level") == "char"), **preset,
            **{k: v for k, v in given.items() if k != "preset"}, "preset": given.get("preset")}
     if cfg["lr"] is None:
         cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]

@@ -193,3 +193,13 @@ def test_char_defaults_apply_only_at_char_level():
     assert awd["dropout_embedding"] == 0 and not awd["tied"] and awd["dropout_weight"] == 0.3
     explicit, _, _ = train.resolve_config(["--level", "char", "--bptt", "50", "--device", "cpu"])
     assert explicit["bptt"] == 50
+
+
+def test_help_states_each_kind_of_runs_default():
+    # char awd-lstm has 2 layers although awd-lstm has 3: --help must not imply 3.
+    assert train.default_note("nlayers") == " (default: 2, 3 for awd-lstm, 2 for char awd-lstm)"
+    assert train.default_note("emsize") == " (default: 200, 400 for awd-lstm, 128 for char and char awd-lstm)"
+    for awd, char in [(False, False), *train.KINDS.values()]:
+        argv = ["--device", "cpu"] + ["--model", "awd-lstm"] * awd + ["--level", "char"] * char
+        cfg, _, _ = train.resolve_config(argv)
+        assert cfg["nlayers"] == train.base_defaults(awd, char)["nlayers"]
