@@ -32,7 +32,7 @@ from torch import nn
 import train
 from data import DataError, batchify, get_batch, load_corpus
 from evaluate import eval_window, score_batch
-from model import DTYPES, LMOutput, Workspace
+from model import DTYPES, LSTM_KERNELS, LMOutput, Workspace
 
 WT2_VOCAB = 33_278
 CONFIGS = {
@@ -85,13 +85,14 @@ def flops_per_token(sizes, decoder_in, vocab_size):
     return sum(8 * h * (i + h) for i, h in sizes) + 2 * decoder_in * vocab_size
 
 
-def build(name, vocab_size, dtype):
+def build(name, vocab_size, dtype, lstm_kernel="auto"):
     """(model, config for train_step with sizes, batch sizes, bptt and dtype) of a benchmark config."""
     spec = CONFIGS[name]
     if "preset" in spec:
-        cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype])
+        cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype,
+                                          "--lstm-kernel", lstm_kernel])
     else:
-        cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype}
+        cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype, "lstm_kernel": lstm_kernel}
     return train.new_model(cfg, vocab_size), cfg
 
 
@@ -206,6 +207,8 @@ def get_parser():
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (ours and plain), compiled before the warm-up")
+    p.add_argument("--lstm-kernel", choices=LSTM_KERNELS, default="auto",
+                   help="how AWD-LSTM's layers run (train.py's --lstm-kernel; awd-lstm-wt2 only) (default: auto)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
     return p
 
@@ -220,7 +223,7 @@ def summarize(r, flops, ceiling):
 
 def bench_dtype(args, dtype, tokens, device):
     """Ours and plain at one precision, with FLOPs, ceiling and ratios."""
-    model, cfg = build(args.config, WT2_VOCAB, dtype)
+    model, cfg = build(args.config, WT2_VOCAB, dtype, args.lstm_kernel)
     sizes = model.cfg.layer_sizes()
     flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
@@ -245,7 +248,10 @@ def bench_dtype(args, dtype, tokens, device):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.lstm_kernel != "auto" and "preset" not in CONFIGS[args.config]:
+        parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -280,7 +286,7 @@ def main(argv=None):
               "device": args.device, "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                                      else f"{platform.machine()}, {platform.processor() or '?'}"),
               "data": data, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "compile": args.compile, "steps": args.steps, "eval_steps": args.eval_steps,
+              "compile": args.compile, "lstm_kernel": args.lstm_kernel, "steps": args.steps, "eval_steps": args.eval_steps,
               "windows": args.windows, "warmup": args.warmup,
               "reference": REFERENCE.get(args.config), "runs": runs}
     if args.json:

@@ -146,6 +146,125 @@ def embedding_dropout(weight, tokens, p, training):
     return emb * dropout_mask(weight, (weight.size(0), 1), p)[tokens]
 
 
+def _times_transposed(weight, rows):
+    """x -> x @ weight.T for x of `rows` rows, called once per time step. On CPU in bf16 the
+    weight is packed once into oneDNN's blocked layout: a plain mm re-packs it on every call,
+    which makes it ~20% slower for an (80, 1150) x (1150, 4600) step."""
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return lambda x: x @ weight.t()
+
+
+class _LSTMSequence(torch.autograd.Function):
+    """One LSTM layer over a whole sequence, with a hand-written backward.
+
+    Forward runs the recurrence a time step at a time; backward walks it in reverse and leaves
+    everything that does not depend on the recurrence to three large matmuls at the end. Gate
+    order is PyTorch's (i, f, g, o). Saved for backward: the activated gates (T, B, 4H) in the
+    compute dtype, the cell states (T+1, B, H) and their tanh (T, B, H) in fp32 (fp64 for fp64
+    inputs), and the outputs with h0 in front (T+1, B, H). The cell state and the gradients of
+    the backward walk are carried in fp32 whatever the compute dtype; only what feeds a matmul
+    is cast to it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias):
+        """x (T, B, I), w_ih (4H, I), w_hh (4H, H) and bias (4H,) in the compute dtype;
+        h0, c0 (B, H). Returns the outputs (T, B, H) in the compute dtype, h_T and c_T in the
+        cell dtype."""
+        steps, batch, _ = x.shape
+        hid = w_hh.size(1)
+        gates = torch.addmm(bias, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hid)
+        cells = x.new_empty((steps + 1, batch, hid), dtype=torch.promote_types(x.dtype, torch.float32))
+        cells[0] = c0
+        tanh_cells = torch.empty_like(cells[1:])
+        outs = x.new_empty((steps + 1, batch, hid))  # outs[0] is h0, outs[t + 1] is h_t
+        outs[0] = h0
+        recurrent = _times_transposed(w_hh, batch)
+        for t in range(steps):
+            gate = gates[t].add_(recurrent(outs[t]))  # pre-activations, then activated in place
+            gate[:, :2 * hid].sigmoid_()
+            gate[:, 2 * hid:3 * hid].tanh_()
+            gate[:, 3 * hid:].sigmoid_()
+            i, f, g, o = gate.split(hid, 1)
+            torch.mul(f, cells[t], out=cells[t + 1]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
+            torch.tanh(cells[t + 1], out=tanh_cells[t])
+            torch.mul(o, tanh_cells[t], out=outs[t + 1])  # h_t = o tanh(c_t)
+        ctx.save_for_backward(x, w_ih, w_hh, gates, cells, tanh_cells, outs)
+        return outs[1:], outs[steps].to(cells.dtype), cells[steps].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):
+        x, w_ih, w_hh, gates, cells, tanh_cells, outs = ctx.saved_tensors
+        steps, batch, hid = tanh_cells.shape
+        f32 = {"dtype": cells.dtype, "device": x.device}  # fp32, or fp64 for gradcheck
+        dh = torch.zeros(batch, hid, **f32) if grad_h is None else grad_h.to(cells.dtype, copy=True)
+        dc = torch.zeros(batch, hid, **f32) if grad_c is None else grad_c.to(cells.dtype, copy=True)
+        d_gates = torch.empty_like(gates)  # d loss / d pre-activations, (T, B, 4H)
+        d_bias = torch.zeros(batch, 4 * hid, **f32)
+        # Per-step scratch in fp32: the step's gates, their gradients, tanh(c_t) and a temporary.
+        gate, d_gate = torch.empty(batch, 4 * hid, **f32), torch.empty(batch, 4 * hid, **f32)
+        tanh_c, tmp = torch.empty(batch, hid, **f32), torch.empty(batch, hid, **f32)
+        one = torch.ones((), **f32)
+        i, f, g, o = gate.split(hid, 1)
+        di, df, dg, do = d_gate.split(hid, 1)
+        recurrent = _times_transposed(w_hh.t().contiguous(), batch)  # dh_{t-1} = d_gates_t @ w_hh
+        for t in reversed(range(steps)):
+            gate.copy_(gates[t])
+            tanh_c.copy_(tanh_cells[t])
+            if grad_out is not None:
+                dh.add_(grad_out[t])  # from the layer above, plus dh from step t + 1
+            torch.sub(1, o, out=do).mul_(o).mul_(tanh_c).mul_(dh)  # dh tanh(c) o (1 - o)
+            torch.addcmul(one, tanh_c, tanh_c, value=-1, out=tmp).mul_(o)
+            dc.addcmul_(dh, tmp)  # dc_t += dh o (1 - tanh(c)^2)
+            torch.sub(1, i, out=di).mul_(i).mul_(g).mul_(dc)  # dc g i (1 - i)
+            torch.sub(1, f, out=df).mul_(f).mul_(cells[t]).mul_(dc)  # dc c_{t-1} f (1 - f)
+            torch.addcmul(one, g, g, value=-1, out=dg).mul_(i).mul_(dc)  # dc i (1 - g^2)
+            dc.mul_(f)  # -> dc_{t-1}
+            d_bias.add_(d_gate)
+            d_gates[t] = d_gate
+            dh.copy_(recurrent(d_gates[t]))  # -> dh_{t-1}
+        flat = d_gates.view(steps * batch, 4 * hid)
+        need = ctx.needs_input_grad
+        dx = (flat @ w_ih).view(steps, batch, -1) if need[0] else None
+        dw_ih = flat.t() @ x.reshape(steps * batch, -1) if need[3] else None
+        dw_hh = flat.t() @ outs[:-1].reshape(steps * batch, hid) if need[4] else None
+        return dx, dh, dc, dw_ih, dw_hh, d_bias.sum(0)
+
+
+def lstm_sequence(x, state, w_ih, w_hh, b_ih, b_hh):
+    """LSTM layer over x (T, B, I) from state (h0, c0), each (1, B, H), in x's dtype or in
+    bfloat16 under CPU autocast; the same function as torch.lstm with these weights. Returns
+    (outputs (T, B, H), (h_T, c_T) each (1, B, H), at least fp32)."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    h0, c0 = state
+    with torch.autocast("cpu", enabled=False):
+        out, h, c = _LSTMSequence.apply(x.to(dtype), h0[0], c0[0], w_ih.to(dtype), w_hh.to(dtype),
+                                        (b_ih + b_hh).to(dtype))
+    return out, (h[None], c[None])
+
+
+LSTM_KERNELS = ("auto", "fused", "own")  # how WeightDropLSTM runs its sequence
+OWN_MIN_STEP_WORK = 2 ** 25  # batch * hidden * (input + hidden) at which ours broke even here
+
+
+def own_recurrence_is_faster(x, hidden_size):
+    """True where lstm_sequence beats the fused kernel on this project's CPU: training
+    (gradients on) on CPU under bfloat16 autocast, with time steps large enough to hide the
+    per-step Python overhead. oneDNN's bf16 LSTM backward runs at ~60% of the CPU's bf16 matmul
+    speed; ours leaves the weight and input gradients to three large matmuls. Forward + backward
+    of one layer (bench_lstm.py, results/bench-lstm-kernels-cpu*.json): 1.13-1.24x the fused
+    kernel's speed on the AWD-LSTM WT2 layers (batch 80, 400/1150 units), 1.03-1.05x at batch
+    64 x 512 units (the threshold), 0.5-0.6x at batch 32 x 256. In fp32 ours runs at 0.66-0.69x
+    on the WT2 layers, and on CUDA cuDNN is far ahead, so those keep torch.lstm; so does
+    evaluation, which has no backward for ours to win back."""
+    batch, inputs = x.shape[1:]
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and batch * hidden_size * (inputs + hidden_size) >= OWN_MIN_STEP_WORK)
+
+
 class WeightDropLSTM(nn.Module):
     """One LSTM layer with DropConnect on its hidden-to-hidden matrix; AWD-LSTM Section 2.
 
@@ -153,14 +272,19 @@ class WeightDropLSTM(nn.Module):
     whole sequence runs with that one dropped matrix, every time step shares the mask. Kept
     weights are scaled by 1/(1-p). Identity in eval mode. The raw matrix stays the registered
     Parameter and the dropped one is computed from it, so gradients reach it. The mask is drawn
-    by dropout_mask. The sequence runs in the fused LSTM kernel (oneDNN on CPU, cuDNN on CUDA):
-    on CUDA the four weights are packed into one contiguous buffer in cuDNN's order, so that it
+    by dropout_mask. The sequence runs in the fused LSTM kernel (oneDNN on CPU, cuDNN on CUDA),
+    or in lstm_sequence: `kernel` "auto" picks it where own_recurrence_is_faster, "fused" and
+    "own" force one (for benchmarks and other machines; both compute the same function).
+    On CUDA the four weights are packed into one contiguous buffer in cuDNN's order, so that it
     reads them in place.
     """
 
-    def __init__(self, input_size, hidden_size, weight_drop=0.0):
+    def __init__(self, input_size, hidden_size, weight_drop=0.0, kernel="auto"):
         super().__init__()
+        if kernel not in LSTM_KERNELS:
+            raise ValueError(f"unknown LSTM kernel {kernel!r}: choose one of {', '.join(LSTM_KERNELS)}")
         self.input_size, self.hidden_size, self.weight_drop = input_size, hidden_size, weight_drop
+        self.kernel = kernel
         gates = 4 * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gates, input_size))
         self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size))
@@ -184,23 +308,26 @@ class WeightDropLSTM(nn.Module):
 
     def forward(self, x, state):
         """x (seq_len, batch, input_size), state (h, c) each (1, batch, hidden_size)."""
+        if self.kernel == "own" or (self.kernel == "auto" and own_recurrence_is_faster(x, self.hidden_size)):
+            return lstm_sequence(x, state, *self.dropped_weights())
         out, h, c = torch.lstm(x, state, self.dropped_weights(), True, 1, 0.0, self.training,
                                False, False)
         return out, (h, c)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, weight_drop={self.weight_drop}"
+        return f"{self.input_size}, {self.hidden_size}, weight_drop={self.weight_drop}, kernel={self.kernel}"
 
 
 class AWDLSTM(nn.Module):
     """AWD-LSTM: embedding (+ embedding dropout) -> locked dropout -> weight-dropped LSTM layers
     with locked dropout between them -> locked dropout -> decoder tied to the embedding."""
 
-    def __init__(self, cfg: AWDConfig):
+    def __init__(self, cfg: AWDConfig, lstm_kernel="auto"):
         super().__init__()
         self.cfg = cfg
         self.encoder = nn.Embedding(cfg.vocab_size, cfg.emsize)
-        self.rnns = nn.ModuleList(WeightDropLSTM(i, h, cfg.dropout_weight) for i, h in cfg.layer_sizes())
+        self.rnns = nn.ModuleList(WeightDropLSTM(i, h, cfg.dropout_weight, lstm_kernel)
+                                  for i, h in cfg.layer_sizes())
         self.drop_input = LockedDropout(cfg.dropout_input, cfg.locked_dropout)
         self.drop_hidden = LockedDropout(cfg.dropout_hidden, cfg.locked_dropout)
         self.drop_output = LockedDropout(cfg.dropout_output, cfg.locked_dropout)
@@ -419,8 +546,13 @@ def config_from_dict(d):
     return (AWDConfig if d.get("model") == "awd-lstm" else ModelConfig).from_dict(d)
 
 
-def build_model(cfg):
-    return AWDLSTM(cfg) if isinstance(cfg, AWDConfig) else RNNModel(cfg)
+def build_model(cfg, lstm_kernel="auto"):
+    """The model of a config; lstm_kernel (see WeightDropLSTM) applies to AWD-LSTM only."""
+    if isinstance(cfg, AWDConfig):
+        return AWDLSTM(cfg, lstm_kernel)
+    if lstm_kernel != "auto":
+        raise ValueError(f"--lstm-kernel {lstm_kernel} applies to awd-lstm only, not to {cfg.model}")
+    return RNNModel(cfg)
 
 
 def map_hidden(fn, hidden):

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from checkpoint import BEST, CONFIG, LAST, METRICS, CheckpointError, load_checkpoint, save_checkpoint
 from data import LEVELS, DataError, batchify, get_batch, load_corpus
 from evaluate import check_vocab, evaluate
-from model import (DTYPES, MODEL_TYPES, AWDConfig, ModelConfig, Workspace, activation_regularization, autocast,
-                   bf16_is_fast, build_model, config_from_dict, detach_hidden, linear_cross_entropy,
+from model import (DTYPES, LSTM_KERNELS, MODEL_TYPES, AWDConfig, ModelConfig, Workspace,
+                   activation_regularization, autocast, bf16_is_fast, build_model, config_from_dict, detach_hidden, linear_cross_entropy,
                    map_hidden, temporal_activation_regularization)
 from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr, scheduled_lr
 from plot import PlotError, plot_runs
@@ -42,7 +42,7 @@ DEFAULTS = {
     "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
     "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
     "seed": 1111, "device": None, "save": None, "max_batches": None, "max_minutes": None,
-    "log_interval": 200, "dtype": None, "level": "word", "plot": False,
+    "log_interval": 200, "dtype": None, "level": "word", "plot": False, "lstm_kernel": "auto",
 }
 # AWD-LSTM's defaults (the paper's code's), applied under --model awd-lstm.
 AWD_DEFAULTS = {
@@ -84,9 +84,9 @@ DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 AWD_ONLY = ("dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output", "dropout_weight",
             "locked_dropout")
 # Flags that may change when a run is resumed; the rest would make it a different run.
-RESUMABLE = {"epochs", "device", "dtype", "max_batches", "max_minutes", "log_interval", "plot"}
+RESUMABLE = {"epochs", "device", "dtype", "max_batches", "max_minutes", "log_interval", "plot", "lstm_kernel"}
 # Flags added after runs were first saved, with the value that those older runs used.
-LATER_FLAGS = {"dtype": "fp32", "level": "word", "plot": False}
+LATER_FLAGS = {"dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto"}
 # Flags that --finetune may not change: they define the model being fine-tuned.
 MODEL_FLAGS = {"data", "level", "model", "emsize", "nhid", "nlayers", "dropout", "tied", *AWD_ONLY}
 
@@ -181,6 +181,9 @@ def get_parser():
     add(g, "dtype", "compute precision: fp32, or bf16 autocast with fp32 master weights (default: bf16 "
                  "where the device runs it natively, i.e. CUDA with bf16 or a CPU with AVX512-BF16/AMX, "
                  "else fp32)", choices=DTYPES)
+    add(g, "lstm_kernel", "how AWD-LSTM's layers run: fused (torch.lstm: oneDNN, cuDNN), own (our "
+                       "recurrence with a hand-written backward), or auto: own for bf16 training on "
+                       "CPU where its time steps are large enough to gain, fused elsewhere", choices=LSTM_KERNELS)
     add(g, "save", "run directory (default: checkpoints/<data>-<model>-<time>; <run>-finetune with --finetune)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last.pt; its saved config is used, and only "
@@ -236,6 +239,9 @@ def check_config(cfg, given):
             raise ConfigError(f"{flag(key)} must be at least 1, got {cfg[key]}")
     if cfg["max_batches"] is not None and cfg["max_batches"] < 1:
         raise ConfigError("--max-batches must be at least 1")
+    if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":
+        raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']} "
+                          "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
     if not 0 <= cfg["warmup"] < 1:
         raise ConfigError(f"--warmup must be in [0, 1), got {cfg['warmup']}")
 
@@ -427,7 +433,7 @@ def new_model(cfg, vocab_size):
     keys += AWD_ONLY if cfg["model"] == "awd-lstm" else ("dropout",)
     config_cls = AWDConfig if cfg["model"] == "awd-lstm" else ModelConfig
     try:
-        return build_model(config_cls(vocab_size=vocab_size, **{k: cfg[k] for k in keys}))
+        return build_model(config_cls(vocab_size=vocab_size, **{k: cfg[k] for k in keys}), cfg["lstm_kernel"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -448,7 +454,10 @@ def start_run(cfg, ckpt, mode):
     if mode == "new":
         model = new_model(cfg, len(corpus.itos))
     else:
-        model = build_model(config_from_dict(ckpt["model_config"]))
+        try:
+            model = build_model(config_from_dict(ckpt["model_config"]), cfg["lstm_kernel"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         model.load_state_dict(ckpt["model"])
     model.to(device)
     optimizer = make_optimizer(model, cfg)

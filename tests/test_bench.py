@@ -29,3 +29,21 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
         assert run["ratio_ours_to_plain"]["train"] == pytest.approx(
             run["ours"]["train"]["tokens_per_s"] / run["plain"]["train"]["tokens_per_s"], abs=1e-3)
     assert run["ours"]["parameters"] == run["plain"]["parameters"]
+
+
+def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monkeypatch):
+    import bench_lstm
+    from model import OWN_MIN_STEP_WORK
+
+    big = OWN_MIN_STEP_WORK // (64 * 64) - 64  # batch 64, hidden 64: the input size at the threshold
+    monkeypatch.setattr(bench_lstm, "SHAPES", [("small", 3, 2, 4, 8), ("at threshold", 2, 64, big, 64)])
+    out = tmp_path / "layers.json"
+    assert bench_lstm.main(["--reps", "1", "--json", str(out)]) == 0
+    small, large = json.loads(out.read_text())["layers"]
+    assert small["step_work"] == 2 * 8 * 12 and not small["auto_picks_own"]
+    assert large["step_work"] == OWN_MIN_STEP_WORK and large["auto_picks_own"]
+    for r in (small, large):
+        assert r["fused_ms"] > 0 and r["own_ms"] > 0
+        assert r["speedup_own"] == pytest.approx(r["fused_ms"] / r["own_ms"], rel=0.01)
+    assert bench_lstm.main(["--reps", "1", "--dtype", "fp32", "--json", str(out)]) == 0
+    assert not any(r["auto_picks_own"] for r in json.loads(out.read_text())["layers"])

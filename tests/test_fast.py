@@ -10,9 +10,13 @@ import torch.nn.functional as F
 import evaluate
 import train
 from conftest import TINY
+
+AWD_SMALL = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2", "--batch-size", "8",
+             "--bptt", "10", "--device", "cpu", "--dtype", "fp32", "--max-batches", "5"]
 from data import batchify, load_corpus
-from model import (AWDConfig, ModelConfig, Workspace, autocast, bf16_is_fast, build_model,
-                   detach_hidden, dropout_mask, linear_cross_entropy, linear_scores)
+import model
+from model import (AWDConfig, ModelConfig, WeightDropLSTM, Workspace, autocast, bf16_is_fast, build_model,
+                   detach_hidden, dropout_mask, linear_cross_entropy, linear_scores, lstm_sequence)
 
 
 def reference_grads(features, weight, bias, targets, scale):
@@ -138,3 +142,122 @@ def test_a_bf16_run_learns_and_may_resume_in_fp32(corpus_dir, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["val_ppl"] < len(load_corpus(str(corpus_dir)).itos) / 4
     assert 0 < rows[-1]["val_accuracy"] <= 1
+
+
+# --- our LSTM recurrence (lstm_sequence, WeightDropLSTM kernel "own") --------------------------
+
+def lstm_problem(steps=6, batch=3, inputs=4, hidden=5, dtype=torch.float64):
+    torch.manual_seed(0)
+    x = torch.randn(steps, batch, inputs, dtype=dtype)
+    state = tuple(torch.randn(1, batch, hidden, dtype=dtype) * 0.5 for _ in range(2))
+    weights = [torch.randn(4 * hidden, inputs, dtype=dtype) * 0.5, torch.randn(4 * hidden, hidden, dtype=dtype) * 0.5,
+               torch.randn(4 * hidden, dtype=dtype) * 0.1, torch.randn(4 * hidden, dtype=dtype) * 0.1]
+    return x, state, weights
+
+
+def test_lstm_sequence_backward_passes_gradcheck():
+    """The hand-written backward against finite differences in fp64, through the outputs and the
+    final (h, c), for every input including the initial state."""
+    x, (h0, c0), weights = lstm_problem()
+    inputs = [t.requires_grad_() for t in (x, h0, c0, *weights)]
+
+    def f(x, h0, c0, *weights):
+        out, (h, c) = lstm_sequence(x, (h0, c0), *weights)
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def fused_lstm(x, state, *weights):
+    out, h, c = torch.lstm(x, state, weights, True, 1, 0.0, True, False, False)
+    return out, (h, c)
+
+
+def test_lstm_sequence_equals_torch_lstm_and_its_gradients():
+    x, state, weights = lstm_problem(steps=9, dtype=torch.float32)
+    grads, results = [], []
+    for run in (lstm_sequence, fused_lstm):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, *weights)]
+        out, (h, c) = run(leaves[0], state, *leaves[1:])
+        (out.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
+        results.append((out, h, c))
+        grads.append([t.grad for t in leaves])
+    for ours, theirs in zip(results[0] + tuple(grads[0]), results[1] + tuple(grads[1])):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_own_kernel_in_bf16_is_close_to_the_fused_one():
+    torch.manual_seed(0)
+    fused = WeightDropLSTM(16, 24, kernel="fused").train()
+    own = WeightDropLSTM(16, 24, kernel="own").train()
+    own.load_state_dict(fused.state_dict())
+    x = torch.randn(20, 8, 16)
+    state = (torch.zeros(1, 8, 24), torch.zeros(1, 8, 24))
+    outs = []
+    for layer in (fused, own):
+        with autocast("cpu", "bf16"):
+            out, _ = layer(x, state)
+        out.float().pow(2).sum().backward()
+        outs.append(out.float())
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=3e-2)
+    for a, b in zip(fused.parameters(), own.parameters()):
+        assert (a.grad - b.grad).norm() < 0.03 * a.grad.norm()
+
+
+def test_weight_drop_under_the_own_kernel_uses_one_mask_for_all_steps(monkeypatch):
+    calls, real = [], model._LSTMSequence.apply
+
+    def spy(x, h0, c0, w_ih, w_hh, bias):
+        calls.append(w_hh.detach().clone())
+        return real(x, h0, c0, w_ih, w_hh, bias)
+
+    monkeypatch.setattr(model._LSTMSequence, "apply", spy)
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(5, 7, weight_drop=0.5, kernel="own").train()
+    x = torch.randn(12, 3, 5)
+    out, _ = layer(x, (torch.zeros(1, 3, 7), torch.zeros(1, 3, 7)))
+    (w_hh,) = calls
+    dropped = w_hh == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    torch.testing.assert_close(w_hh[~dropped], 2 * layer.weight_hh.detach()[~dropped])
+    ref, _ = fused_lstm(x, (torch.zeros(1, 3, 7), torch.zeros(1, 3, 7)),
+                        layer.weight_ih, w_hh, layer.bias_ih, layer.bias_hh)
+    torch.testing.assert_close(out, ref)  # the same dropped matrix at every step
+    out.sum().backward()
+    assert torch.all(layer.weight_hh.grad[dropped] == 0)
+
+
+def test_auto_kernel_runs_ours_only_for_large_bf16_training_steps_on_cpu(monkeypatch):
+    used = []
+    real = model.lstm_sequence
+    monkeypatch.setattr(model, "lstm_sequence", lambda *a: used.append("own") or real(*a))
+    big = WeightDropLSTM(512, 512).train()  # batch 64: 64 * 512 * 1024 = 2**25, the threshold
+    small = WeightDropLSTM(16, 32).train()
+
+    def kernel(layer, batch, dtype, grad=True):
+        used.clear()
+        state = (torch.zeros(1, batch, layer.hidden_size),) * 2
+        with torch.set_grad_enabled(grad), autocast("cpu", dtype):
+            layer(torch.randn(2, batch, layer.input_size), state)
+        return used[0] if used else "fused"
+
+    assert kernel(big, 64, "bf16") == "own"
+    assert kernel(big, 63, "bf16") == "fused"  # just under the threshold
+    assert kernel(big, 64, "fp32") == "fused"
+    assert kernel(big, 64, "bf16", grad=False) == "fused"  # evaluation
+    assert kernel(small, 64, "bf16") == "fused"
+    for name in ("fused", "own"):
+        small.kernel = name
+        assert kernel(small, 4, "fp32") == name
+
+
+def test_lstm_kernel_flag_reaches_the_layers_and_the_checkpoint(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    flags = [*AWD_SMALL, "--lstm-kernel", "own"]
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "1", *flags]) == 0
+    cfg, ckpt, _ = train.resolve_config(["--resume", str(run)])
+    assert cfg["lstm_kernel"] == ckpt["train_config"]["lstm_kernel"] == "own"
+    _, net, *_ = train.start_run(cfg, ckpt, "resume")
+    assert {r.kernel for r in net.rnns} == {"own"}
+    with pytest.raises(train.ConfigError, match="awd-lstm only"):
+        train.resolve_config(["--model", "lstm", "--lstm-kernel", "own"])
