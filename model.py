@@ -234,12 +234,13 @@ class _LSTMSequence(torch.autograd.Function):
 
 
 def lstm_sequence(x, state, w_ih, w_hh, b_ih, b_hh):
-    """LSTM layer over x (T, B, I) from state (h0, c0), each (1, B, H), in x's dtype or in
-    bfloat16 under CPU autocast; the same function as torch.lstm with these weights. Returns
+    """LSTM layer over x (T, B, I) from state (h0, c0), each (1, B, H), in x's dtype or in the
+    autocast dtype of x's device; the same function as torch.lstm with these weights. Returns
     (outputs (T, B, H), (h_T, c_T) each (1, B, H), at least fp32)."""
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     h0, c0 = state
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast(device, enabled=False):
         out, h, c = _LSTMSequence.apply(x.to(dtype), h0[0], c0[0], w_ih.to(dtype), w_hh.to(dtype),
                                         (b_ih + b_hh).to(dtype))
     return out, (h[None], c[None])
