@@ -286,8 +286,8 @@ def main(argv=None):
               "device": args.device, "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                                      else f"{platform.machine()}, {platform.processor() or '?'}"),
               "data": data, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "compile": args.compile, "lstm_kernel": args.lstm_kernel, "steps": args.steps, "eval_steps": args.eval_steps,
-              "windows": args.windows, "warmup": args.warmup,
+              "compile": args.compile, "lstm_kernel": args.lstm_kernel, "steps": args.steps,
+              "eval_steps": args.eval_steps, "windows": args.windows, "warmup": args.warmup,
               "reference": REFERENCE.get(args.config), "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from model import DTYPES, OWN_MIN_STEP_WORK, autocast, lstm_sequence
+from model import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
 
 # (name, steps, batch, input, hidden)
 SHAPES = [
@@ -33,11 +33,6 @@ SHAPES = [
 ]
 
 
-def fused(x, state, *weights):
-    out, h, c = torch.lstm(x, state, weights, True, 1, 0.0, True, False, False)
-    return out, (h, c)
-
-
 def time_layer(steps, batch, inputs, hidden, reps, device, dtype):
     """Median seconds of forward + backward for (fused, ours)."""
     torch.manual_seed(0)
@@ -49,7 +44,7 @@ def time_layer(steps, batch, inputs, hidden, reps, device, dtype):
     grad_out = torch.randn(steps, batch, hidden, device=device)
     times = {"fused": [], "own": []}
     for rep in range(reps + 1):
-        for name, run in (("fused", fused), ("own", lstm_sequence)):
+        for name, run in (("fused", fused_lstm), ("own", lstm_sequence)):
             t0 = time.perf_counter()
             with autocast(device, dtype):
                 out, _ = run(x, state, *weights)

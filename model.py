@@ -146,6 +146,11 @@ def embedding_dropout(weight, tokens, p, training):
     return emb * dropout_mask(weight, (weight.size(0), 1), p)[tokens]
 
 
+def compute_dtype(device_type, default):
+    """The dtype that autocast gives matmuls on this device type, or `default` outside autocast."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
+
+
 def _times_transposed(weight, rows):
     """x -> x @ weight.T for x of `rows` rows, called once per time step. On CPU in bf16 the
     weight is packed once into oneDNN's blocked layout: a plain mm re-packs it on every call,
@@ -238,12 +243,19 @@ def lstm_sequence(x, state, w_ih, w_hh, b_ih, b_hh):
     autocast dtype of x's device; the same function as torch.lstm with these weights. Returns
     (outputs (T, B, H), (h_T, c_T) each (1, B, H), at least fp32)."""
     device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    dtype = compute_dtype(device, x.dtype)
     h0, c0 = state
     with torch.autocast(device, enabled=False):
         out, h, c = _LSTMSequence.apply(x.to(dtype), h0[0], c0[0], w_ih.to(dtype), w_hh.to(dtype),
                                         (b_ih + b_hh).to(dtype))
     return out, (h[None], c[None])
+
+
+def fused_lstm(x, state, w_ih, w_hh, b_ih, b_hh, train=True):
+    """The same layer in PyTorch's fused kernel (torch.lstm: oneDNN on CPU, cuDNN on CUDA), with
+    lstm_sequence's arguments and results. train=False lets cuDNN skip what backward needs."""
+    out, h, c = torch.lstm(x, state, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, train, False, False)
+    return out, (h, c)
 
 
 LSTM_KERNELS = ("auto", "fused", "own")  # how WeightDropLSTM runs its sequence
@@ -261,8 +273,8 @@ def own_recurrence_is_faster(x, hidden_size):
     on the WT2 layers, and on CUDA cuDNN is far ahead, so those keep torch.lstm; so does
     evaluation, which has no backward for ours to win back."""
     batch, inputs = x.shape[1:]
-    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return (x.device.type == "cpu" and torch.is_grad_enabled()
+            and compute_dtype("cpu", None) == torch.bfloat16  # under bf16 autocast
             and batch * hidden_size * (inputs + hidden_size) >= OWN_MIN_STEP_WORK)
 
 
@@ -302,7 +314,7 @@ class WeightDropLSTM(nn.Module):
             w_hh = w_hh * dropout_mask(w_hh, w_hh.shape, self.weight_drop)
         weights = [self.weight_ih, w_hh, self.bias_ih, self.bias_hh]
         if self.weight_hh.is_cuda:  # packed in the dtype cuDNN will read (bf16 under autocast)
-            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else w_hh.dtype
+            dtype = compute_dtype("cuda", w_hh.dtype)
             flat = torch.cat([w.reshape(-1).to(dtype) for w in weights])
             weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
         return weights
@@ -311,9 +323,7 @@ class WeightDropLSTM(nn.Module):
         """x (seq_len, batch, input_size), state (h, c) each (1, batch, hidden_size)."""
         if self.kernel == "own" or (self.kernel == "auto" and own_recurrence_is_faster(x, self.hidden_size)):
             return lstm_sequence(x, state, *self.dropped_weights())
-        out, h, c = torch.lstm(x, state, self.dropped_weights(), True, 1, 0.0, self.training,
-                               False, False)
-        return out, (h, c)
+        return fused_lstm(x, state, *self.dropped_weights(), train=self.training)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, weight_drop={self.weight_drop}, kernel={self.kernel}"

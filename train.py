@@ -27,8 +27,8 @@ from checkpoint import BEST, CONFIG, LAST, METRICS, CheckpointError, load_checkp
 from data import LEVELS, DataError, batchify, get_batch, load_corpus
 from evaluate import check_vocab, evaluate
 from model import (DTYPES, LSTM_KERNELS, MODEL_TYPES, AWDConfig, ModelConfig, Workspace,
-                   activation_regularization, autocast, bf16_is_fast, build_model, config_from_dict, detach_hidden, linear_cross_entropy,
-                   map_hidden, temporal_activation_regularization)
+                   activation_regularization, autocast, bf16_is_fast, build_model, config_from_dict,
+                   detach_hidden, linear_cross_entropy, map_hidden, temporal_activation_regularization)
 from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr, scheduled_lr
 from plot import PlotError, plot_runs
 

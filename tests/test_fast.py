@@ -16,7 +16,7 @@ AWD_SMALL = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers
 from data import batchify, load_corpus
 import model
 from model import (AWDConfig, ModelConfig, WeightDropLSTM, Workspace, autocast, bf16_is_fast, build_model,
-                   detach_hidden, dropout_mask, linear_cross_entropy, linear_scores, lstm_sequence)
+                   detach_hidden, dropout_mask, fused_lstm, linear_cross_entropy, linear_scores, lstm_sequence)
 
 
 def reference_grads(features, weight, bias, targets, scale):
@@ -166,11 +166,6 @@ def test_lstm_sequence_backward_passes_gradcheck():
         return out, h, c
 
     assert torch.autograd.gradcheck(f, inputs)
-
-
-def fused_lstm(x, state, *weights):
-    out, h, c = torch.lstm(x, state, weights, True, 1, 0.0, True, False, False)
-    return out, (h, c)
 
 
 def test_lstm_sequence_equals_torch_lstm_and_its_gradients():
