@@ -154,9 +154,11 @@ def matmul_ceiling(device, dtype, size=4096, reps=5):
     return 2 * size ** 3 / statistics.median(times)
 
 
-def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device):
+def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, profiles=None):
     """Median tokens/s and peak memory of training (train.train_step, windows of bptt rows) and
-    evaluation (evaluate.score_batch, windows of evaluate.eval_window rows)."""
+    evaluation (evaluate.score_batch, windows of evaluate.eval_window rows). With a `profiles`
+    dict, one more batch of each phase runs under torch.profiler and its table of operators by
+    self time is stored there under the phase's name."""
     torch.manual_seed(0)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -186,6 +188,11 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device):
             "peak_memory_mb": round(peak_memory_mb(device), 1) if measured else None,
             "batch_size": bsz, "bptt": bptt,
         }
+        if profiles is not None:
+            with torch.profiler.profile() as prof:
+                run_batch(warmup + windows * calls)
+                synchronize(device)
+            profiles[phase] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     results["parameters"] = sum(p.numel() for p in model.parameters())
     return results
 
@@ -210,6 +217,9 @@ def get_parser():
     p.add_argument("--lstm-kernel", choices=LSTM_KERNELS, default="auto",
                    help="how AWD-LSTM's layers run (train.py's --lstm-kernel; awd-lstm-wt2 only) (default: auto)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
+    p.add_argument("--profile", metavar="FILE", default=None,
+                   help="also profile one more training and evaluation batch of our model per dtype "
+                        "(torch.profiler, operators by self time) and write the tables to FILE")
     return p
 
 
@@ -221,15 +231,16 @@ def summarize(r, flops, ceiling):
         r[phase]["fraction_of_ceiling"] = round(achieved / ceiling, 3)
 
 
-def bench_dtype(args, dtype, tokens, device):
-    """Ours and plain at one precision, with FLOPs, ceiling and ratios."""
+def bench_dtype(args, dtype, tokens, device, profiles=None):
+    """Ours and plain at one precision, with FLOPs, ceiling and ratios; `profiles` (see bench)
+    receives our model's."""
     model, cfg = build(args.config, WT2_VOCAB, dtype, args.lstm_kernel)
     sizes = model.cfg.layer_sizes()
     flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
     ceiling = matmul_ceiling(device, dtype)
     maybe_compile = torch.compile if args.compile else (lambda m: m)
-    ours = bench(maybe_compile(model), cfg, tokens, *timing)
+    ours = bench(maybe_compile(model), cfg, tokens, *timing, profiles)
     del model
     plain = PlainLSTM(WT2_VOCAB, sizes, cfg["tied"])
     plain_results = bench(maybe_compile(plain), {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
@@ -261,8 +272,12 @@ def main(argv=None):
         tokens, data = torch.randint(0, WT2_VOCAB, (200_000,)), "random"
     device = torch.device(args.device)
     runs, cfg = [], None
+    tables = []
     for dtype in args.dtype:
-        run, cfg = bench_dtype(args, dtype, tokens, device)
+        profiles = {} if args.profile else None
+        run, cfg = bench_dtype(args, dtype, tokens, device, profiles)
+        tables += [f"== {args.config}, ours, {dtype}, {phase} ==\n{table}"
+                   for phase, table in (profiles or {}).items()]
         runs.append(run)
         for name in ("ours", "plain"):
             r = run[name]
@@ -291,6 +306,8 @@ def main(argv=None):
               "reference": REFERENCE.get(args.config), "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.profile:
+        Path(args.profile).write_text("\n".join(tables))
     return 0
 
 

@@ -153,8 +153,8 @@ def compute_dtype(device_type, default):
 
 def _times_transposed(weight, rows):
     """x -> x @ weight.T for x of `rows` rows, called once per time step. On CPU in bf16 the
-    weight is packed once into oneDNN's blocked layout: a plain mm re-packs it on every call,
-    which makes it ~20% slower for an (80, 1150) x (1150, 4600) step."""
+    weight is packed once into oneDNN's blocked layout, where a plain mm re-packs it on every
+    call (~20% slower for an (80, 1150) x (1150, 4600) step in an unrecorded trial)."""
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
@@ -265,8 +265,8 @@ OWN_MIN_STEP_WORK = 2 ** 25  # batch * hidden * (input + hidden) at which ours b
 def own_recurrence_is_faster(x, hidden_size):
     """True where lstm_sequence beats the fused kernel on this project's CPU: training
     (gradients on) on CPU under bfloat16 autocast, with time steps large enough to hide the
-    per-step Python overhead. oneDNN's bf16 LSTM backward runs at ~60% of the CPU's bf16 matmul
-    speed; ours leaves the weight and input gradients to three large matmuls. Forward + backward
+    per-step Python overhead. oneDNN's bf16 LSTM backward runs at two thirds of the CPU's bf16
+    matmul speed (results/profiles/); ours leaves the weight and input gradients to three large matmuls. Forward + backward
     of one layer (bench_lstm.py, results/bench-lstm-kernels-cpu*.json): 1.13-1.24x the fused
     kernel's speed on the AWD-LSTM WT2 layers (batch 80, 400/1150 units), 1.03-1.05x at batch
     64 x 512 units (the threshold), 0.5-0.6x at batch 32 x 256. In fp32 ours runs at 0.66-0.69x

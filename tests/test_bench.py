@@ -12,8 +12,13 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
     monkeypatch.setattr(bench, "matmul_ceiling", lambda device, dtype: ceiling(device, dtype, size=512))
     out = tmp_path / "bench.json"
     argv = ["--config", "lstm-small", "--data", str(tmp_path / "absent"), "--dtype", "fp32", "--steps", "2",
-            "--eval-steps", "1", "--windows", "2", "--warmup", "1", "--json", str(out)]
+            "--eval-steps", "1", "--windows", "2", "--warmup", "1", "--json", str(out),
+            "--profile", str(tmp_path / "profile.txt")]
     assert bench.main(argv) == 0
+    profile = (tmp_path / "profile.txt").read_text()
+    for phase in ("train", "eval"):
+        assert f"== lstm-small, ours, fp32, {phase} ==" in profile
+    assert "aten::" in profile and "Self CPU" in profile
     report = json.loads(out.read_text())
     assert report["data"] == "random" and report["bptt"] == 35 and report["batch_size"] == 20
     (run,) = report["runs"]
