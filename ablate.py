@@ -6,8 +6,8 @@
 Every rung trains AWD-LSTM's architecture with some techniques on and the rest off, then scores
 validation and test perplexity with evaluate.py. The rungs, in order:
 
-    none         every technique off (ordinary dropout at AWD-LSTM's rates, SGD at the same lr
-                 with plateau annealing, fixed BPTT, untied, no AR/TAR)
+    none         no AWD-LSTM technique, but not a bare LSTM: per-step dropout at AWD-LSTM's
+                 rates, SGD at the same lr with plateau annealing, fixed BPTT, untied, no AR/TAR
     weight drop  + DropConnect on hidden-to-hidden weights
     NT-ASGD      + NT-ASGD instead of SGD (no weight drop)
     both         weight drop + NT-ASGD
@@ -17,8 +17,9 @@ validation and test perplexity with evaluate.py. The rungs, in order:
     full         + AR/TAR and variable-length BPTT: all of AWD-LSTM
 
 Each rung's run directory and the data subset land under --runs; each rung's per-epoch
-metrics, valid/test numbers and the table (ablation.md, ablation.json) under --out. A rung whose run directory exists is
-resumed, so an interrupted ladder picks up where it stopped. Extra arguments after -- go to every train.py call (e.g. -- --nonmono 1).
+metrics, valid/test numbers and the table (ablation.md, ablation.json) under --out. A rung
+whose run directory exists is resumed, so an interrupted ladder picks up where it stopped.
+Extra arguments after -- go to every train.py call (e.g. -- --nonmono 1).
 """
 import argparse
 import json
@@ -26,10 +27,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 import evaluate
 import train
+from checkpoint import LAST, METRICS, has_run, load_checkpoint, read_metrics
 from data import SPLIT_FILES, split_paths
 
 OFF = ["--dropout-weight", "0", "--optimizer", "sgd", "--no-variable-bptt", "--dropout-embedding", "0",
@@ -61,7 +61,7 @@ def subset_corpus(src, dst, train_lines, eval_lines):
         target, keep = dst / SPLIT_FILES[split][0], train_lines if split == "train" else eval_lines
         if keep:
             with open(path) as f:
-                target.write_text("".join(line for _, line in zip(range(keep), f)))
+                target.write_text("".join(line for _, line in zip(range(keep), f, strict=False)))
         else:
             shutil.copyfile(path, target)
     return dst
@@ -71,19 +71,19 @@ def run_rung(name, flags, common, out, runs, eval_batch_size):
     slug = name.replace("+ ", "plus-").replace(" ", "-").lower()
     run_dir = runs / slug
     argv = ["--model", "awd-lstm", *common[0], *OFF, *flags, *common[1], "--save", str(run_dir)]
-    code = train.main(["--resume", str(run_dir)] if (run_dir / "last.pt").exists() else argv)
+    code = train.main(["--resume", str(run_dir)] if has_run(run_dir) else argv)
     if code != 0:
         raise SystemExit(f"rung {name!r} failed (exit {code}); see above")
     # Training and validation time over all sessions of the run, as train.py counts it.
-    minutes = torch.load(run_dir / "last.pt", weights_only=True)["state"]["seconds"] / 60
+    last = load_checkpoint(run_dir, LAST)
+    minutes, cfg = last["state"]["seconds"] / 60, last["train_config"]
     scores = {}
     for split in ("valid", "test"):
         path = out / f"{slug}-{split}.json"
         evaluate.main([str(run_dir), "--split", split, "--batch-size", str(eval_batch_size), "--json", str(path)])
         scores[split] = json.loads(path.read_text())["ppl"]
-    cfg = json.loads((run_dir / "config.json").read_text())
-    shutil.copyfile(run_dir / "metrics.jsonl", out / f"{slug}-metrics.jsonl")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shutil.copyfile(run_dir / METRICS, out / f"{slug}-metrics.jsonl")
+    rows = read_metrics(run_dir)
     averaged = [r["epoch"] for r in rows if r["averaged"]]
     return {"rung": name, "flags": " ".join(flags) or "(all off)", "val_ppl": scores["valid"],
             "test_ppl": scores["test"], "epochs": len(rows), "averaged_from_epoch": min(averaged, default=None),
@@ -132,7 +132,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     subset = args.train_lines or args.eval_lines
     runs = Path(args.runs)
-    data = subset_corpus(Path(args.data), runs / "data", args.train_lines, args.eval_lines) if subset else Path(args.data)
+    data = Path(args.data)
+    if subset:
+        data = subset_corpus(data, runs / "data", args.train_lines, args.eval_lines)
     sizes = ["--data", str(data), "--emsize", str(args.emsize), "--nhid", str(args.nhid),
              "--nlayers", str(args.nlayers), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
              "--bptt", str(args.bptt), "--lr", str(args.lr)]

@@ -30,9 +30,11 @@ import torch
 from torch import nn
 
 import train
+from config import base_defaults, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
 from evaluate import eval_window, score_batch
-from model import DTYPES, LSTM_KERNELS, LMOutput, Workspace
+from kernels import DTYPES, LSTM_KERNELS, Workspace
+from model import LanguageModel, LMOutput, build_model
 
 WT2_VOCAB = 33_278
 CONFIGS = {
@@ -54,7 +56,7 @@ REFERENCE = {
 }
 
 
-class PlainLSTM(nn.Module):
+class PlainLSTM(LanguageModel):
     """Embedding -> nn.LSTM layers of the given sizes -> decoder (tied or not), with no
     regularization: the reference that our models' regularizers are timed against."""
 
@@ -66,12 +68,12 @@ class PlainLSTM(nn.Module):
         if tied:
             self.decoder.weight = self.encoder.weight
 
-    def forward(self, tokens, hidden, decode=True):
+    def features(self, tokens, hidden):
         x, new_hidden = self.encoder(tokens), []
-        for rnn, state in zip(self.rnns, hidden):
+        for rnn, state in zip(self.rnns, hidden, strict=True):
             x, state = rnn(x, state)
             new_hidden.append(state)
-        return LMOutput(self.decoder(x) if decode else None, new_hidden, x, x)
+        return LMOutput(None, new_hidden, x, x)
 
     def init_hidden(self, batch_size):
         w = self.encoder.weight
@@ -89,11 +91,12 @@ def build(name, vocab_size, dtype, lstm_kernel="auto"):
     """(model, config for train_step with sizes, batch sizes, bptt and dtype) of a benchmark config."""
     spec = CONFIGS[name]
     if "preset" in spec:
-        cfg, _, _ = train.resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype,
-                                          "--lstm-kernel", lstm_kernel])
+        cfg, _, _ = resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype,
+                                    "--lstm-kernel", lstm_kernel])
     else:
-        cfg = {**spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype, "lstm_kernel": lstm_kernel}
-    return train.new_model(cfg, vocab_size), cfg
+        cfg = {**base_defaults(False, False), **spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype,
+               "lstm_kernel": lstm_kernel}
+    return build_model(model_config(cfg, vocab_size), lstm_kernel), cfg
 
 
 def synchronize(device):
@@ -173,8 +176,8 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
         def run_batch(i, source=source, nwin=nwin, state=state, phase=phase, bptt=bptt):
             x, y = get_batch(source, (i % nwin) * bptt, bptt)
             if phase == "train":
-                _, state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg,
-                                                      workspace=state["workspace"])
+                state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg,
+                                                   workspace=state["workspace"]).hidden
             else:
                 state["hidden"] = score_batch(model, x, y, state["hidden"], cfg["dtype"], state["workspace"])[2]
 

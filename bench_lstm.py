@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from model import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
+from kernels import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
 
 # (name, steps, batch, input, hidden)
 SHAPES = [

@@ -30,7 +30,7 @@ import torch
 import evaluate
 import generate
 import train
-from checkpoint import LAST, METRICS
+from checkpoint import LAST, METRICS, has_run, load_checkpoint
 from plot import plot_runs
 
 PUBLISHED = {"rnn-128x4": (1.5644, 0.5355), "lstm-128x4": (1.6645, 0.5138)}
@@ -58,10 +58,10 @@ def run_args(name, args):
 def train_run(name, run_dir, args):
     if name.endswith("-long") and not run_dir.exists():  # continue a copy of the finished 25-epoch run
         base = run_dir.with_name(run_dir.name.removesuffix("-long"))
-        if not (base / LAST).exists():
+        if not has_run(base):
             raise SystemExit(f"{name} continues {base}: train {base.name.removeprefix('char-')} first")
         shutil.copytree(base, run_dir)
-    if (run_dir / LAST).exists():
+    if has_run(run_dir):
         extra = run_args(name, args)
         budget = [a for i in range(0, len(extra), 2) if extra[i] in ("--epochs", "--max-minutes")
                   for a in extra[i: i + 2]]
@@ -104,7 +104,7 @@ def report(runs_dir, out):
             continue
         found.append((name, run_dir))
         s = {split: json.loads((out / f"{name}-{split}.json").read_text()) for split in SPLITS}
-        ckpt = torch.load(run_dir / LAST, weights_only=True, map_location="cpu")
+        ckpt = load_checkpoint(run_dir, LAST)
         params = sum(v.numel() for v in ckpt["model"].values())
         pub_loss, pub_acc = PUBLISHED.get(name, (None, None))
         lines.append(

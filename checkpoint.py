@@ -6,10 +6,12 @@ A run directory holds
     metrics.jsonl  one JSON line per finished epoch
     config.json    the resolved training config, for people and plot scripts
 
-A checkpoint is a dict of state_dicts, tensors and plain Python data (no pickled objects), so it
-loads with torch.load(weights_only=True). It is written to a temporary file and renamed over the
-old one, so a crash during a save leaves the previous checkpoint intact.
+A checkpoint (build_checkpoint) is a dict of state_dicts, tensors and plain Python data (no
+pickled objects), so it loads with torch.load(weights_only=True). It is written to a temporary
+file and renamed over the old one, so a crash during a save leaves the previous checkpoint
+intact. This module is the only one that knows these names and formats.
 """
+import json
 import os
 import pickle
 from pathlib import Path
@@ -65,3 +67,65 @@ def load_model(run, device="cpu", name=BEST):
     model = build_model(config_from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt
+
+
+def has_run(run_dir):
+    """Whether run_dir holds a run that --resume can continue."""
+    return (Path(run_dir) / LAST).is_file()
+
+
+def build_checkpoint(model, optimizer, cfg, corpus, state, averaging, hidden=None, rng=None):
+    """Everything --resume needs, as plain data. state and averaging are plain dicts (the
+    training state and the NT-ASGD state); hidden is the recurrent state that the next batch
+    continues from (mid-epoch only); rng holds the random generators' states."""
+    return {
+        "model": model.state_dict(),
+        "model_config": model.cfg.to_dict(),
+        "optimizer": optimizer.state_dict(),
+        "train_config": cfg,
+        "state": state,
+        "averaging": averaging,
+        "vocab": corpus.itos,
+        "level": corpus.level,
+        "data": corpus.source,
+        "data_fingerprint": corpus.fingerprint,
+        "hidden": hidden,
+        "rng": rng,
+    }
+
+
+def check_vocab(corpus, ckpt):
+    if corpus.itos != ckpt["vocab"]:
+        raise CheckpointError(
+            f"the data at {corpus.source} has a different vocabulary ({len(corpus.itos)} tokens) "
+            f"from the checkpoint's ({len(ckpt['vocab'])} tokens); pass the --data it was trained on")
+
+
+def checkpoint_level(ckpt):
+    """"word" or "char"; runs saved before character-level support are word-level."""
+    return ckpt.get("level", "word")
+
+
+def read_metrics(run_dir):
+    """The rows of metrics.jsonl, one dict per finished epoch (empty if there are none yet)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def append_metrics(run_dir, row):
+    with open(Path(run_dir) / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(run_dir, epochs_done):
+    """Drop log lines of epochs after the checkpoint, e.g. from a crash between log and save."""
+    path = Path(run_dir) / METRICS
+    if path.exists():
+        rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epochs_done]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_config(run_dir, cfg):
+    (Path(run_dir) / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")

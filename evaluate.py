@@ -15,9 +15,9 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from checkpoint import CheckpointError, load_model
+from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
 from data import DataError, batchify, get_batch, load_corpus
-from model import DTYPES, Workspace, autocast, linear_scores
+from kernels import DTYPES, Workspace, autocast
 
 
 class Scores(NamedTuple):
@@ -34,14 +34,10 @@ class Scores(NamedTuple):
         return math.exp(self.loss)
 
 
-@torch.no_grad()
 def score_batch(model, x, y, hidden, dtype, workspace=None):
     """One window without gradients: (summed nats, correct predictions, new hidden state)."""
     with autocast(x.device, dtype):
-        out = model(x, hidden, decode=False)
-        nats, correct = linear_scores(out.dropped.flatten(0, 1), model.decoder.weight,
-                                      model.decoder.bias, y.reshape(-1), workspace=workspace)
-    return nats, correct, out.hidden
+        return model.score(x, y, hidden, workspace)
 
 
 EVAL_TOKENS = 20_000  # tokens per forward call of evaluation, whatever the batch size
@@ -49,8 +45,8 @@ EVAL_TOKENS = 20_000  # tokens per forward call of evaluation, whatever the batc
 
 def eval_window(batch_size):
     """Rows per forward call when evaluating at batch_size: long windows make the input
-    projections and the decoder large matmuls (at batch 1 on a 2-core CPU, 2.5x the tokens/s of
-    70-token windows); they cannot change the result, only its float rounding."""
+    projections and the decoder large matmuls (much faster than 70-token windows at batch 1; see
+    the README's speed section); they cannot change the result, only its float rounding."""
     return max(1, EVAL_TOKENS // batch_size)
 
 
@@ -80,18 +76,6 @@ def evaluate(model, source, dtype="fp32", window=None, progress=False):
     return Scores(nats.item() / tokens, correct.item() / tokens)
 
 
-def check_vocab(corpus, ckpt):
-    if corpus.itos != ckpt["vocab"]:
-        raise CheckpointError(
-            f"the data at {corpus.source} has a different vocabulary ({len(corpus.itos)} tokens) "
-            f"from the checkpoint's ({len(ckpt['vocab'])} tokens); pass the --data it was trained on")
-
-
-def checkpoint_level(ckpt):
-    """"word" or "char"; runs saved before character-level support are word-level."""
-    return ckpt.get("level", "word")
-
-
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
@@ -102,7 +86,7 @@ def get_parser():
                    help="columns evaluated in parallel (default: 1 for test and valid+test, the "
                         "AWD-LSTM paper's protocol, where every token sees its full history; 10 for "
                         "valid and train, as during training)")
-    p.add_argument("--bptt", type=int, default=None,
+    p.add_argument("--window", type=int, default=None,
                    help="rows (time steps) per forward call; the state carries across calls, so "
                         f"this changes speed, not the result (default: {EVAL_TOKENS:,} tokens per "
                         "call, i.e. that many rows at batch 1)")
@@ -125,26 +109,26 @@ def main(argv=None):
         corpus = load_corpus(args.data or ckpt["data"], level)
         check_vocab(corpus, ckpt)
         batch_size = args.batch_size or (10 if args.split in ("valid", "train") else 1)
-        bptt = args.bptt or eval_window(batch_size)
-        if batch_size < 1 or bptt < 1:
-            raise DataError("--batch-size and --bptt must be positive")
+        window = args.window or eval_window(batch_size)
+        if batch_size < 1 or window < 1:
+            raise DataError("--batch-size and --window must be positive")
         source = batchify(corpus.split(args.split), batch_size, device)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
-    scores = evaluate(model, source, args.dtype, bptt, progress=True)
+    scores = evaluate(model, source, args.dtype, window, progress=True)
     seconds = time.time() - t0
     tokens = (source.size(0) - 1) * source.size(1)
     result = {"run": str(args.run), "split": args.split, "level": level, "loss": scores.loss,
               "ppl": scores.ppl, "accuracy": scores.accuracy, "tokens": tokens, "batch_size": batch_size,
-              "bptt": bptt, "dtype": args.dtype, "epoch": ckpt["state"]["epoch"], "seconds": round(seconds, 2)}
+              "window": window, "dtype": args.dtype, "epoch": ckpt["state"]["epoch"], "seconds": round(seconds, 2)}
     bits = ""
     if level == "char":
         result["bpc"] = scores.bits
         bits = f" | bpc {scores.bits:.4f}"
     print(f"{args.split} loss {scores.loss:.4f} nats/{level}{bits} | ppl {scores.ppl:.2f} | "
-          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | bptt {bptt} | "
+          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | window {window} | "
           f"{args.dtype} | {tokens / seconds:,.0f} tokens/s")
     if args.json:
         with open(args.json, "w") as f:

@@ -11,9 +11,8 @@ import sys
 
 import torch
 
-from checkpoint import CheckpointError, load_model
+from checkpoint import CheckpointError, checkpoint_level, load_model
 from data import EOS, UNK
-from evaluate import checkpoint_level
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):
@@ -87,8 +86,9 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
     p.add_argument("--words", "--chars", dest="length", type=int, default=None,
-                   help="number of tokens to sample: words for a word-level run, characters for a "
-                        "character-level one (default: 100 words or 500 characters)")
+                   help="number of tokens to sample, whichever of the two names is used: words for a "
+                        "word-level run, characters for a character-level one (default: 100 words or "
+                        "500 characters)")
     p.add_argument("--prompt", default="", help="text the model reads before sampling (default: none)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="divide the logits by this; < 1 is more conservative, must be > 0 (default: 1)")

@@ -8,8 +8,11 @@ AWDLSTM is the model of Merity, Keskar & Socher (2017), "Regularizing and Optimi
 Language Models" (section numbers below refer to it): embedding dropout -> locked dropout ->
 weight-dropped LSTM layers with locked dropout between them -> locked dropout -> tied decoder.
 
-Both return an LMOutput; `raw` and `dropped` (the last layer's output before and after its
-dropout) feed the AR/TAR penalties of train.py.
+Both finish their own forward pass: `loss` gives the training cross-entropy and `score` the
+evaluation numbers, through the chunked decoder of kernels.py, and both return the last layer's
+output before and after its dropout (`raw`, `dropped`) for the AR/TAR penalties of train.py.
+Each regularizer (LockedDropout, embedding_dropout, WeightDropLSTM, AR, TAR) names its paper
+section, its mask shape and what it does in eval mode.
 """
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
@@ -18,12 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import (
+    LSTM_KERNELS,
+    compute_dtype,
+    fused_lstm,
+    linear_cross_entropy,
+    linear_scores,
+    lstm_sequence,
+    own_recurrence_is_faster,
+)
+
 RNN_TYPES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 MODEL_TYPES = (*RNN_TYPES, "awd-lstm")
 
 
 class LMOutput(NamedTuple):
-    logits: torch.Tensor  # (seq_len, batch, vocab)
+    logits: torch.Tensor  # (seq_len, batch, vocab); None from features(), which stops before the decoder
     hidden: object  # recurrent state to pass to the next call
     raw: torch.Tensor  # last layer's output, (seq_len, batch, features), before output dropout
     dropped: torch.Tensor  # the same after output dropout (what the decoder sees)
@@ -98,15 +111,17 @@ class AWDConfig(ConfigMixin):
         """(input, hidden) of each LSTM layer; the last one outputs emsize when tied."""
         last = self.emsize if self.tied else self.nhid
         outs = [self.nhid] * (self.nlayers - 1) + [last]
-        return list(zip([self.emsize, *outs[:-1]], outs))
+        return list(zip([self.emsize, *outs[:-1]], outs, strict=True))
 
 
-def dropout_mask(like, shape, p):
-    """A dropout mask of `shape` in like's dtype and device: each entry kept with probability 1-p
-    and then worth 1/(1-p), dropped entries 0. Thresholding torch.rand draws the same Bernoulli
-    distribution as bernoulli_, about 4x faster on CPU (a 4600x1150 mask: 16 ms instead of 70)."""
+def dropout_mask(shape, p, device):
+    """A dropout mask of `shape`, in fp32: each entry kept with probability 1-p and then worth
+    1/(1-p), dropped entries 0. fp32 whatever the compute dtype, since 1/(1-p) rounded to bf16
+    is off by up to 0.16% (a mask mean of 0.9984 at p = 0.4), the same way for every unit.
+    Thresholding torch.rand draws the same Bernoulli distribution as bernoulli_, and is several
+    times faster on CPU."""
     keep = 1 - p
-    return (torch.rand(shape, device=like.device) < keep).to(like.dtype).div_(keep)
+    return (torch.rand(shape, device=device) < keep).float().div_(keep)
 
 
 class LockedDropout(nn.Module):
@@ -115,7 +130,8 @@ class LockedDropout(nn.Module):
     Input (seq_len, batch, features). One Bernoulli mask of shape (1, batch, features) is drawn
     per forward call and broadcast over time, so each sequence drops the same units at every
     step; kept units are scaled by 1/(1-p). With locked=False the mask is (seq_len, batch,
-    features), i.e. ordinary dropout, for ablations. Identity in eval mode.
+    features), i.e. ordinary dropout, for ablations. Identity in eval mode. The mask is fp32
+    (see dropout_mask), so a bf16 input gives an fp32 output.
     """
 
     def __init__(self, p, locked=True):
@@ -126,7 +142,7 @@ class LockedDropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         shape = (1, *x.shape[1:]) if self.locked else x.shape
-        return x * dropout_mask(x, shape, self.p)
+        return x * dropout_mask(shape, self.p, x.device)
 
     def extra_repr(self):
         return f"p={self.p}, locked={self.locked}"
@@ -143,139 +159,7 @@ def embedding_dropout(weight, tokens, p, training):
     emb = F.embedding(tokens, weight)
     if not training or p == 0:
         return emb
-    return emb * dropout_mask(weight, (weight.size(0), 1), p)[tokens]
-
-
-def compute_dtype(device_type, default):
-    """The dtype that autocast gives matmuls on this device type, or `default` outside autocast."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
-
-
-def _times_transposed(weight, rows):
-    """x -> x @ weight.T for x of `rows` rows, called once per time step. On CPU in bf16 the
-    weight is packed once into oneDNN's blocked layout, where a plain mm re-packs it on every
-    call (~20% slower for an (80, 1150) x (1150, 4600) step in an unrecorded trial)."""
-    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-    return lambda x: x @ weight.t()
-
-
-class _LSTMSequence(torch.autograd.Function):
-    """One LSTM layer over a whole sequence, with a hand-written backward.
-
-    Forward runs the recurrence a time step at a time; backward walks it in reverse and leaves
-    everything that does not depend on the recurrence to three large matmuls at the end. Gate
-    order is PyTorch's (i, f, g, o). Saved for backward: the activated gates (T, B, 4H) in the
-    compute dtype, the cell states (T+1, B, H) and their tanh (T, B, H) in fp32 (fp64 for fp64
-    inputs), and the outputs with h0 in front (T+1, B, H). The cell state and the gradients of
-    the backward walk are carried in fp32 whatever the compute dtype; only what feeds a matmul
-    is cast to it.
-    """
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, bias):
-        """x (T, B, I), w_ih (4H, I), w_hh (4H, H) and bias (4H,) in the compute dtype;
-        h0, c0 (B, H). Returns the outputs (T, B, H) in the compute dtype, h_T and c_T in the
-        cell dtype."""
-        steps, batch, _ = x.shape
-        hid = w_hh.size(1)
-        gates = torch.addmm(bias, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hid)
-        cells = x.new_empty((steps + 1, batch, hid), dtype=torch.promote_types(x.dtype, torch.float32))
-        cells[0] = c0
-        tanh_cells = torch.empty_like(cells[1:])
-        outs = x.new_empty((steps + 1, batch, hid))  # outs[0] is h0, outs[t + 1] is h_t
-        outs[0] = h0
-        recurrent = _times_transposed(w_hh, batch)
-        for t in range(steps):
-            gate = gates[t].add_(recurrent(outs[t]))  # pre-activations, then activated in place
-            gate[:, :2 * hid].sigmoid_()
-            gate[:, 2 * hid:3 * hid].tanh_()
-            gate[:, 3 * hid:].sigmoid_()
-            i, f, g, o = gate.split(hid, 1)
-            torch.mul(f, cells[t], out=cells[t + 1]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
-            torch.tanh(cells[t + 1], out=tanh_cells[t])
-            torch.mul(o, tanh_cells[t], out=outs[t + 1])  # h_t = o tanh(c_t)
-        ctx.save_for_backward(x, w_ih, w_hh, gates, cells, tanh_cells, outs)
-        return outs[1:], outs[steps].to(cells.dtype), cells[steps].clone()
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_h, grad_c):
-        x, w_ih, w_hh, gates, cells, tanh_cells, outs = ctx.saved_tensors
-        steps, batch, hid = tanh_cells.shape
-        f32 = {"dtype": cells.dtype, "device": x.device}  # fp32, or fp64 for gradcheck
-        dh = torch.zeros(batch, hid, **f32) if grad_h is None else grad_h.to(cells.dtype, copy=True)
-        dc = torch.zeros(batch, hid, **f32) if grad_c is None else grad_c.to(cells.dtype, copy=True)
-        d_gates = torch.empty_like(gates)  # d loss / d pre-activations, (T, B, 4H)
-        d_bias = torch.zeros(batch, 4 * hid, **f32)
-        # Per-step scratch in fp32: the step's gates, their gradients, tanh(c_t) and a temporary.
-        gate, d_gate = torch.empty(batch, 4 * hid, **f32), torch.empty(batch, 4 * hid, **f32)
-        tanh_c, tmp = torch.empty(batch, hid, **f32), torch.empty(batch, hid, **f32)
-        one = torch.ones((), **f32)
-        i, f, g, o = gate.split(hid, 1)
-        di, df, dg, do = d_gate.split(hid, 1)
-        recurrent = _times_transposed(w_hh.t().contiguous(), batch)  # dh_{t-1} = d_gates_t @ w_hh
-        for t in reversed(range(steps)):
-            gate.copy_(gates[t])
-            tanh_c.copy_(tanh_cells[t])
-            if grad_out is not None:
-                dh.add_(grad_out[t])  # from the layer above, plus dh from step t + 1
-            torch.sub(1, o, out=do).mul_(o).mul_(tanh_c).mul_(dh)  # dh tanh(c) o (1 - o)
-            torch.addcmul(one, tanh_c, tanh_c, value=-1, out=tmp).mul_(o)
-            dc.addcmul_(dh, tmp)  # dc_t += dh o (1 - tanh(c)^2)
-            torch.sub(1, i, out=di).mul_(i).mul_(g).mul_(dc)  # dc g i (1 - i)
-            torch.sub(1, f, out=df).mul_(f).mul_(cells[t]).mul_(dc)  # dc c_{t-1} f (1 - f)
-            torch.addcmul(one, g, g, value=-1, out=dg).mul_(i).mul_(dc)  # dc i (1 - g^2)
-            dc.mul_(f)  # -> dc_{t-1}
-            d_bias.add_(d_gate)
-            d_gates[t] = d_gate
-            dh.copy_(recurrent(d_gates[t]))  # -> dh_{t-1}
-        flat = d_gates.view(steps * batch, 4 * hid)
-        need = ctx.needs_input_grad
-        dx = (flat @ w_ih).view(steps, batch, -1) if need[0] else None
-        dw_ih = flat.t() @ x.reshape(steps * batch, -1) if need[3] else None
-        dw_hh = flat.t() @ outs[:-1].reshape(steps * batch, hid) if need[4] else None
-        return dx, dh, dc, dw_ih, dw_hh, d_bias.sum(0)
-
-
-def lstm_sequence(x, state, w_ih, w_hh, b_ih, b_hh):
-    """LSTM layer over x (T, B, I) from state (h0, c0), each (1, B, H), in x's dtype or in the
-    autocast dtype of x's device; the same function as torch.lstm with these weights. Returns
-    (outputs (T, B, H), (h_T, c_T) each (1, B, H), at least fp32)."""
-    device = x.device.type
-    dtype = compute_dtype(device, x.dtype)
-    h0, c0 = state
-    with torch.autocast(device, enabled=False):
-        out, h, c = _LSTMSequence.apply(x.to(dtype), h0[0], c0[0], w_ih.to(dtype), w_hh.to(dtype),
-                                        (b_ih + b_hh).to(dtype))
-    return out, (h[None], c[None])
-
-
-def fused_lstm(x, state, w_ih, w_hh, b_ih, b_hh, train=True):
-    """The same layer in PyTorch's fused kernel (torch.lstm: oneDNN on CPU, cuDNN on CUDA), with
-    lstm_sequence's arguments and results. train=False lets cuDNN skip what backward needs."""
-    out, h, c = torch.lstm(x, state, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, train, False, False)
-    return out, (h, c)
-
-
-LSTM_KERNELS = ("auto", "fused", "own")  # how WeightDropLSTM runs its sequence
-OWN_MIN_STEP_WORK = 2 ** 25  # batch * hidden * (input + hidden) at which ours broke even here
-
-
-def own_recurrence_is_faster(x, hidden_size):
-    """True where lstm_sequence beats the fused kernel on this project's CPU: training
-    (gradients on) on CPU under bfloat16 autocast, with time steps large enough to hide the
-    per-step Python overhead. oneDNN's bf16 LSTM backward runs at two thirds of the CPU's bf16
-    matmul speed (results/profiles/); ours leaves the weight and input gradients to three large matmuls. Forward + backward
-    of one layer (bench_lstm.py, results/bench-lstm-kernels-cpu*.json): 1.13-1.24x the fused
-    kernel's speed on the AWD-LSTM WT2 layers (batch 80, 400/1150 units), 1.03-1.05x at batch
-    64 x 512 units (the threshold), 0.5-0.6x at batch 32 x 256. In fp32 ours runs at 0.66-0.69x
-    on the WT2 layers, and on CUDA cuDNN is far ahead, so those keep torch.lstm; so does
-    evaluation, which has no backward for ours to win back."""
-    batch, inputs = x.shape[1:]
-    return (x.device.type == "cpu" and torch.is_grad_enabled()
-            and compute_dtype("cpu", None) == torch.bfloat16  # under bf16 autocast
-            and batch * hidden_size * (inputs + hidden_size) >= OWN_MIN_STEP_WORK)
+    return emb * dropout_mask((weight.size(0), 1), p, weight.device)[tokens]
 
 
 class WeightDropLSTM(nn.Module):
@@ -311,12 +195,12 @@ class WeightDropLSTM(nn.Module):
         """[weight_ih, dropped weight_hh, bias_ih, bias_hh] for this forward call."""
         w_hh = self.weight_hh
         if self.training and self.weight_drop:
-            w_hh = w_hh * dropout_mask(w_hh, w_hh.shape, self.weight_drop)
+            w_hh = w_hh * dropout_mask(w_hh.shape, self.weight_drop, w_hh.device)
         weights = [self.weight_ih, w_hh, self.bias_ih, self.bias_hh]
         if self.weight_hh.is_cuda:  # packed in the dtype cuDNN will read (bf16 under autocast)
             dtype = compute_dtype("cuda", w_hh.dtype)
             flat = torch.cat([w.reshape(-1).to(dtype) for w in weights])
-            weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights)]
+            weights = [v.view_as(w) for v, w in zip(flat.split([w.numel() for w in weights]), weights, strict=True)]
         return weights
 
     def forward(self, x, state):
@@ -329,7 +213,35 @@ class WeightDropLSTM(nn.Module):
         return f"{self.input_size}, {self.hidden_size}, weight_drop={self.weight_drop}, kernel={self.kernel}"
 
 
-class AWDLSTM(nn.Module):
+class LanguageModel(nn.Module):
+    """The end of the forward pass, shared by both models: a subclass's features() runs the
+    network up to the decoder's input; forward, loss and score finish it."""
+
+    def forward(self, tokens, hidden):
+        """tokens (seq_len, batch) -> LMOutput with the logits (seq_len, batch, vocab)."""
+        out = self.features(tokens, hidden)
+        return out._replace(logits=self.decoder(out.dropped))
+
+    def loss(self, tokens, targets, hidden, workspace=None):
+        """(mean cross-entropy of targets (seq_len, batch), LMOutput without logits), through the
+        chunked decoder: the (tokens, vocab) logits never exist whole. A Workspace kept by the
+        caller saves re-allocating its scratch memory."""
+        out = self.features(tokens, hidden)
+        ce = linear_cross_entropy(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
+                                  targets.reshape(-1), workspace=workspace)
+        return ce, out
+
+    @torch.no_grad()
+    def score(self, tokens, targets, hidden, workspace=None):
+        """(summed nats, correct argmax predictions, new hidden state) of one window, without
+        gradients; the sums are float64 scalars on the device (no host sync)."""
+        out = self.features(tokens, hidden)
+        nats, correct = linear_scores(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
+                                      targets.reshape(-1), workspace=workspace)
+        return nats, correct, out.hidden
+
+
+class AWDLSTM(LanguageModel):
     """AWD-LSTM: embedding (+ embedding dropout) -> locked dropout -> weight-dropped LSTM layers
     with locked dropout between them -> locked dropout -> decoder tied to the embedding."""
 
@@ -350,20 +262,20 @@ class AWDLSTM(nn.Module):
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
-    def forward(self, tokens, hidden, decode=True):
-        """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size). With
-        decode=False the logits are left to the caller (LMOutput.logits is None): training and
-        evaluation score `dropped` against the decoder chunk by chunk (linear_cross_entropy)."""
+    def features(self, tokens, hidden):
+        """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size). The
+        masks are drawn in this order: embedding, input, then per layer its weight drop and,
+        between layers, the hidden dropout, and last the output dropout."""
         x = embedding_dropout(self.encoder.weight, tokens, self.cfg.dropout_embedding, self.training)
         x = self.drop_input(x)  # (seq_len, batch, emsize)
         new_hidden = []
-        for i, (rnn, state) in enumerate(zip(self.rnns, hidden)):
+        for i, (rnn, state) in enumerate(zip(self.rnns, hidden, strict=True)):
             x, state = rnn(x, state)  # (seq_len, batch, layer size)
             new_hidden.append(state)
             if i < len(self.rnns) - 1:
                 x = self.drop_hidden(x)
         dropped = self.drop_output(x)
-        return LMOutput(self.decoder(dropped) if decode else None, new_hidden, x, dropped)
+        return LMOutput(None, new_hidden, x, dropped)
 
     def init_hidden(self, batch_size):
         weight = self.encoder.weight
@@ -371,8 +283,8 @@ class AWDLSTM(nn.Module):
                 for _, h in self.cfg.layer_sizes()]
 
 
-class RNNModel(nn.Module):
-    """Embedding -> recurrent stack -> linear decoder, returning logits over the vocabulary."""
+class RNNModel(LanguageModel):
+    """Embedding -> dropout -> recurrent stack (dropout between layers) -> dropout -> decoder."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -398,13 +310,12 @@ class RNNModel(nn.Module):
         if not self.cfg.tied:
             nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
-    def forward(self, tokens, hidden, decode=True):
-        """tokens (seq_len, batch) -> LMOutput with logits (seq_len, batch, vocab), or None
-        with decode=False (see AWDLSTM.forward)."""
+    def features(self, tokens, hidden):
+        """tokens (seq_len, batch); hidden as init_hidden makes it."""
         emb = self.drop(self.encoder(tokens))  # (seq_len, batch, emsize)
         out, hidden = self.rnn(emb, hidden)  # (seq_len, batch, nhid)
         dropped = self.drop(out)
-        return LMOutput(self.decoder(dropped) if decode else None, hidden, out, dropped)
+        return LMOutput(None, hidden, out, dropped)
 
     def init_hidden(self, batch_size):
         """Zero state: (h, c) for an LSTM, h otherwise, each (nlayers, batch, nhid)."""
@@ -429,127 +340,6 @@ def temporal_activation_regularization(raw, beta):
         return raw.new_zeros((), dtype=torch.float32)
     raw = raw.float()
     return beta * (raw[1:] - raw[:-1]).pow(2).mean()
-
-
-DTYPES = ("fp32", "bf16")
-
-
-def autocast(device, dtype):
-    """Mixed precision for dtype "bf16": matmuls and the LSTM kernels run in bfloat16 while the
-    weights, their gradients and the optimizer stay fp32 ("master weights"). "fp32" is a no-op."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-
-def bf16_is_fast(device):
-    """True where bfloat16 matmuls run natively: CUDA GPUs that support it, and CPUs with
-    AVX512-BF16 or AMX (on other CPUs bf16 is emulated and slower than fp32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-DECODE_ROWS = 2048  # logits are made for this many tokens at a time: (2048, vocab) floats
-
-
-def _chunks(features, targets, rows):
-    """(start, features rows, their targets) for each block of `rows` tokens."""
-    for start in range(0, features.size(0), rows):
-        yield start, features[start:start + rows], targets[start:start + rows]
-
-
-class Workspace:
-    """Scratch (rows, vocab) matrices for linear_cross_entropy and linear_scores, one per dtype,
-    reused by every chunk and, when the caller keeps the Workspace, by every call: on CPU a fresh
-    buffer this large is page-faulted in on each allocation (~40 ms per 2048 x 33k floats)."""
-
-    def __init__(self):
-        self.flat = {}
-
-    def matrix(self, rows, cols, dtype, device):
-        flat = self.flat.get(dtype)
-        if flat is None or flat.numel() < rows * cols or flat.device != device:
-            flat = self.flat[dtype] = torch.empty(rows * cols, dtype=dtype, device=device)
-        return flat[:rows * cols].view(rows, cols)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Forward computes the loss *and* its gradients, one chunk of rows at a time; backward
-    only scales them by the incoming gradient. The (tokens, vocab) logits, their softmax and
-    its gradient never exist whole, which saves most of the memory traffic of the softmax."""
-
-    @staticmethod
-    def forward(ctx, features, weight, bias, targets, rows, workspace):
-        dtype = features.dtype  # bfloat16 when the model ran under autocast
-        grad_features, grad_weight, grad_bias = torch.empty_like(features), None, None
-        loss = features.new_zeros((), dtype=torch.float32)
-        probs_all = workspace.matrix(min(rows, features.size(0)), weight.size(0), dtype, features.device)
-        with torch.autocast(features.device.type, enabled=False):
-            w, b = weight.to(dtype), bias.to(dtype)
-            for start, x, t in _chunks(features, targets, rows):
-                probs = probs_all[:x.size(0)]
-                torch.addmm(b, x, w.t(), out=probs)  # logits (rows, vocab)
-                torch.softmax(probs, dim=1, out=probs)
-                target_probs = probs.gather(1, t[:, None])
-                loss -= target_probs.float().clamp_min(torch.finfo(torch.float32).tiny).log().sum()
-                rows_here = torch.arange(t.size(0), device=t.device)
-                probs.index_put_((rows_here, t), probs.new_tensor(-1.0), accumulate=True)  # d loss/d logits
-                grad_features[start:start + x.size(0)] = probs @ w
-                # Summed over chunks in fp32 (the weight's dtype).
-                part_w, part_b = probs.t() @ x, probs.sum(0)
-                grad_weight = part_w.to(weight.dtype) if grad_weight is None else grad_weight.add_(part_w)
-                grad_bias = part_b.to(bias.dtype) if grad_bias is None else grad_bias.add_(part_b)
-        n = features.size(0)
-        ctx.grads = (grad_features.div_(n), grad_weight.div_(n), grad_bias.div_(n))
-        return loss / n
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grads = ctx.grads
-        del ctx.grads  # differentiable once
-        return *(g.mul_(grad_loss) for g in grads), None, None, None
-
-
-def linear_cross_entropy(features, weight, bias, targets, rows=DECODE_ROWS, workspace=None):
-    """Mean cross-entropy of softmax(features @ weight.T + bias) against targets, the same value
-    and gradients as F.cross_entropy(F.linear(...)) but computed `rows` tokens at a time.
-
-    features (tokens, d) in the compute dtype (fp32, or bf16 under autocast); weight (vocab, d)
-    and bias (vocab,) fp32, receiving fp32 gradients; targets (tokens,). With bf16 features the
-    logits and probabilities are bf16, as autocast would make them, and the loss is summed in
-    fp32. Differentiable once (no double backward). Pass a Workspace kept across calls to reuse
-    its scratch memory.
-    """
-    workspace = Workspace() if workspace is None else workspace
-    return _LinearCrossEntropy.apply(features, weight, bias, targets, rows, workspace)
-
-
-@torch.no_grad()
-def linear_scores(features, weight, bias, targets, rows=DECODE_ROWS, workspace=None):
-    """(summed cross-entropy in nats, number of correct argmax predictions) of the decoder over
-    features (tokens, d) against targets (tokens,), as float64 scalars on the device. The logits
-    are made in the features' dtype (bf16 under autocast) and the log-softmax is taken in fp32."""
-    dtype = features.dtype
-    w, b = weight.to(dtype), bias.to(dtype)
-    nats = features.new_zeros((), dtype=torch.float64)
-    correct = features.new_zeros((), dtype=torch.float64)
-    workspace = Workspace() if workspace is None else workspace
-    shape = (min(rows, features.size(0)), weight.size(0))
-    logits = workspace.matrix(*shape, dtype, features.device)
-    log_probs = logits if dtype == torch.float32 else workspace.matrix(*shape, torch.float32, features.device)
-    with torch.autocast(features.device.type, enabled=False):
-        for _, x, t in _chunks(features, targets, rows):
-            chunk_logits, chunk_log_probs = logits[:x.size(0)], log_probs[:x.size(0)]
-            torch.addmm(b, x, w.t(), out=chunk_logits)
-            if log_probs is not logits:
-                chunk_log_probs.copy_(chunk_logits)
-            correct += (chunk_log_probs.argmax(1) == t).sum()  # argmax is ~4x faster in fp32 than bf16
-            torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
-            nats -= chunk_log_probs.gather(1, t[:, None]).sum()
-    return nats, correct
 
 
 def config_from_dict(d):

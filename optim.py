@@ -21,16 +21,29 @@ def nonmonotone_trigger(history, val_loss, nonmono):
 
 @dataclass
 class Averaging:
-    """NT-ASGD state, everything an exact resume needs.
+    """NT-ASGD's averaging (Section 3), all of its bookkeeping and everything an exact resume
+    needs. train.py calls after_step after every optimizer step, weights() around validation
+    and saving, and end_of_epoch after each validation.
 
+    Which iterates: with w_T the weights when averaging starts (at the end of the epoch where
+    the trigger holds, or before fine-tuning's first step), the average is the plain mean of
+    w_{T+1} .. w_k, the weights right after each optimizer step since then. Each of those steps
+    is an SGD step at its own lr, scaled by its own variable-BPTT factor (seq_len / bptt). The
+    original code's torch.optim.ASGD differs in two small ways: its average holds w_{T+2} .. w_k
+    (its first two steps both copy the weights), and each step uses the previous step's lr
+    factor (ASGD steps with an eta that it computes from the lr at the end of the step before).
+
+    mode:     "trigger" (nt-asgd: start averaging when the non-monotone criterion first holds),
+              "finetune" (average from the first step; stop when the criterion holds) or "off"
+    nonmono:  the criterion's window, in epochs
     history:  validation loss of every finished epoch, oldest first (raw weights before the
               trigger, averaged weights after it)
-    started:  None until averaging starts; then the epoch after which it started
-              (0 for fine-tuning, which averages from the first step)
+    started:  None until averaging starts; then the epoch after which it started (0 for
+              fine-tuning)
     count:    iterates in the running average
     average:  parameter name -> running mean of that parameter over the `count` iterates
-              since `started` (each iterate is the weights right after an optimizer step)
     """
+    mode: str
     nonmono: int
     history: list = field(default_factory=list)
     started: int = None
@@ -46,11 +59,26 @@ class Averaging:
         self.average = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     @torch.no_grad()
-    def update(self, model):
-        """Fold the current weights into the running mean: avg += (w - avg) / count."""
+    def after_step(self, model):
+        """Fold the weights after an optimizer step into the running mean, once active:
+        avg += (w - avg) / count."""
+        if not self.active:
+            return
         self.count += 1
         for name, p in model.named_parameters():
             self.average[name].lerp_(p, 1.0 / self.count)
+
+    def end_of_epoch(self, model, val_loss, epoch):
+        """Apply the non-monotone criterion to this epoch's validation loss; returns (note for
+        the log, whether training is finished)."""
+        trigger = nonmonotone_trigger(self.history, val_loss, self.nonmono)
+        self.history.append(val_loss)
+        if self.mode == "finetune" and trigger:
+            return "fine-tuning done (non-monotone criterion)", True
+        if self.mode == "trigger" and not self.active and trigger:
+            self.start(model, epoch)
+            return "NT-ASGD: averaging starts", False
+        return "", False
 
     @contextmanager
     def swapped_in(self, model):
@@ -68,12 +96,20 @@ class Averaging:
                     p.copy_(raw[n])
 
     def weights(self, model):
-        """The weights to evaluate and save: the average once it is active, else the raw ones."""
+        """The weights to evaluate and save: the average once it holds an iterate, else the raw ones."""
         return self.swapped_in(model) if self.active and self.count else nullcontext()
 
-    def state_dict(self):
-        return {"nonmono": self.nonmono, "history": list(self.history), "started": self.started,
-                "count": self.count, "average": self.average}
+    def state_dict(self, with_average=True):
+        """Plain data for a checkpoint; model.pt leaves the average out (with_average=False),
+        since its weights are already the ones that were evaluated."""
+        return {"mode": self.mode, "nonmono": self.nonmono, "history": list(self.history),
+                "started": self.started, "count": self.count,
+                "average": self.average if with_average else {}}
+
+    @classmethod
+    def from_state_dict(cls, d, device):
+        d = {**d, "average": {k: v.to(device) for k, v in d["average"].items()}}
+        return cls(**d)
 
 
 def sample_seq_len(bptt, generator=None):
@@ -95,7 +131,7 @@ def scaled_lr(optimizer, factor):
     try:
         yield
     finally:
-        for g, lr in zip(optimizer.param_groups, saved):
+        for g, lr in zip(optimizer.param_groups, saved, strict=True):
             g["lr"] = lr
 
 
@@ -111,3 +147,11 @@ def scheduled_lr(schedule, base_lr, progress, warmup):
         return low + (base_lr - low) * progress / warmup
     q = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
     return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def planned_progress(epochs_done, epochs, seconds, max_minutes):
+    """How far a run is through its planned training, in [0, 1], for the cosine and one-cycle
+    schedules: the fraction of --epochs done (epochs_done counts the part of the current epoch
+    that has run), or of the --max-minutes budget, whichever is further along."""
+    by_time = seconds / (60 * max_minutes) if max_minutes else 0.0
+    return min(1.0, max(epochs_done / epochs, by_time))

@@ -40,7 +40,7 @@ def plot_runs(runs, out, labels=None, title=None):
         raise PlotError(f"{len(labels)} labels for {len(runs)} runs")
     metrics = [read_metrics(r) for r in runs]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (rows, label) in enumerate(zip(metrics, labels)):
+    for i, (rows, label) in enumerate(zip(metrics, labels, strict=True)):
         color = f"C{i}"
         epochs = [r["epoch"] for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], color=color, label=f"{label} train")

@@ -4,32 +4,28 @@ import warnings
 
 import pytest
 import torch
-from conftest import write_corpus
 from torch import nn
 
+import optim
 import train
+from config import model_config, resolve_config
+from helpers import AWD_TINY, metrics, step_by_step, write_corpus
+from kernels import autocast
 from model import (
     AWDLSTM,
     AWDConfig,
     LockedDropout,
     WeightDropLSTM,
     activation_regularization,
-    autocast,
+    build_model,
     embedding_dropout,
     temporal_activation_regularization,
 )
 from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
 
-# A small AWD-LSTM for training tests: 2 layers, every technique on.
-AWD_TINY = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2",
-            "--batch-size", "8", "--bptt", "10", "--eval-batch-size", "4", "--device", "cpu",
-            "--log-interval", "10", "--lr", "10", "--dropout-input", "0.2", "--dropout-hidden", "0.1",
-            "--dropout-output", "0.2", "--dropout-weight", "0.2", "--dropout-embedding", "0.05", "--dtype", "fp32"]
 
-
-def metrics(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s")} for r in rows]
+def new_model(cfg, vocab_size):
+    return build_model(model_config(cfg, vocab_size), cfg["lstm_kernel"])
 
 
 # --- locked (variational) dropout -----------------------------------------------------------
@@ -68,18 +64,6 @@ def lstm_calls(monkeypatch):
 
 def zero_state(batch, hidden):
     return torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden)
-
-
-def step_by_step(x, w_ih, w_hh, b_ih, b_hh):
-    """Reference LSTM, one time step at a time, with the given (possibly dropped) matrices."""
-    h = c = torch.zeros(x.size(1), w_hh.size(1))
-    outs = []
-    for x_t in x:
-        i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        outs.append(h)
-    return torch.stack(outs)
 
 
 def test_weight_drop_is_identity_in_eval_and_matches_nn_lstm():
@@ -249,33 +233,26 @@ def test_nonmonotone_trigger_fires_exactly_when_the_condition_first_holds():
 
 def test_nt_asgd_starts_averaging_at_the_trigger_epoch_and_only_once():
     model = nn.Linear(2, 2)
-    model.cfg = None
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    cfg = {"schedule": "constant", "optimizer": "nt-asgd", "nonmono": 5, "anneal": 4.0}
-    state, averaging = train.TrainState(lr=1.0), Averaging(5)
+    averaging = Averaging("trigger", 5)
     for epoch, val in enumerate(SCRIPT, 1):
-        state.epoch = epoch
-        improved = val < state.best_val_loss
-        state.best_val_loss = min(val, state.best_val_loss)
-        train.end_of_epoch(model, opt, cfg, state, averaging, val, improved)
-        assert averaging.active == (epoch >= 12)
+        note, finished = averaging.end_of_epoch(model, val, epoch)
+        assert averaging.active == (epoch >= 12) and not finished
+        assert bool(note) == (epoch == 12)
     assert averaging.started == 12 and averaging.history == SCRIPT
-    assert opt.param_groups[0]["lr"] == 1.0  # NT-ASGD keeps the lr constant
+    off = Averaging("off", 5)
+    for epoch, val in enumerate(SCRIPT, 1):
+        off.end_of_epoch(model, val, epoch)
+    assert not off.active  # plain SGD never averages
 
 
-def tiny_awd_setup(corpus_dir):
-    from data import batchify, load_corpus
-    cfg, _, _ = train.resolve_config(["--data", str(corpus_dir), *AWD_TINY])
-    corpus = load_corpus(str(corpus_dir))
-    torch.manual_seed(0)
-    model = train.new_model(cfg, len(corpus.itos))
-    return cfg, model, train.make_optimizer(model, cfg), batchify(corpus.train, cfg["batch_size"])
+def tiny_awd_run(corpus_dir, tmp_path, *flags):
+    cfg, _, _ = resolve_config(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), *AWD_TINY, *flags])
+    return train.Run(cfg)
 
 
-def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpus_dir, monkeypatch):
-    cfg, model, opt, source = tiny_awd_setup(corpus_dir)
-    cfg["max_batches"] = 6
-    averaging, iterates = Averaging(5), []
+def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpus_dir, tmp_path, monkeypatch):
+    run = tiny_awd_run(corpus_dir, tmp_path, "--max-batches", "6")
+    model, iterates = run.model, []
     real_step = train.train_step
 
     def recording_step(*args, **kw):
@@ -284,20 +261,19 @@ def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpu
         return result
 
     monkeypatch.setattr(train, "train_step", recording_step)
-    state = train.TrainState(lr=cfg["lr"])
-    train.train_epoch(model, source, opt, cfg, state, averaging, model.init_hidden(8), lambda: False)
-    averaging.start(model, epoch=1)  # the trigger: iterates from here on are averaged
-    state = train.TrainState(lr=cfg["lr"], epoch=1)
-    train.train_epoch(model, source, opt, cfg, state, averaging, model.init_hidden(8), lambda: False)
+    train.train_epoch(run, lambda: False)
+    run.averaging.start(model, epoch=1)  # the trigger: iterates from here on are averaged
+    run.state = train.TrainState(lr=run.cfg["lr"], epoch=1)
+    train.train_epoch(run, lambda: False)
     since = iterates[6:]
-    assert averaging.count == len(since) == 6
-    for name, avg in averaging.average.items():
+    assert run.averaging.count == len(since) == 6
+    for name, avg in run.averaging.average.items():
         torch.testing.assert_close(avg, torch.stack([it[name] for it in since]).mean(0))
 
     raw = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with averaging.weights(model):  # evaluation sees the average ...
+    with run.averaging.weights(model):  # evaluation sees the average ...
         for name, p in model.named_parameters():
-            assert torch.equal(p, averaging.average[name])
+            assert torch.equal(p, run.averaging.average[name])
     for name, p in model.named_parameters():  # ... and training continues from the raw weights
         assert torch.equal(p, raw[name])
 
@@ -306,7 +282,7 @@ def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpu
 def trigger_after_epoch_2(monkeypatch):
     """Make the non-monotone criterion hold at the end of epoch 2 (when the history holds one
     earlier loss), so that short runs exercise averaging."""
-    monkeypatch.setattr(train, "nonmonotone_trigger", lambda history, val, nonmono: len(history) == 1)
+    monkeypatch.setattr(optim, "nonmonotone_trigger", lambda history, val, nonmono: len(history) == 1)
 
 
 def test_after_the_trigger_evaluation_and_model_pt_use_the_averaged_weights(
@@ -352,7 +328,7 @@ def test_finetune_averages_from_the_start_and_stops_on_the_criterion(corpus_dir,
     run = tmp_path / "run"
     assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "2", *AWD_TINY,
                        "--optimizer", "sgd"]) == 0
-    monkeypatch.setattr(train, "nonmonotone_trigger", lambda history, val, nonmono: len(history) == 2)
+    monkeypatch.setattr(optim, "nonmonotone_trigger", lambda history, val, nonmono: len(history) == 2)
     assert train.main(["--finetune", str(run), "--lr", "5", "--epochs", "10"]) == 0
     tuned = run.parent / "run-finetune"
     rows = metrics(tuned)
@@ -369,29 +345,32 @@ def test_finetune_averages_from_the_start_and_stops_on_the_criterion(corpus_dir,
     ("awd-lstm-ptb", 10_000, 24_221_600),
 ])
 def test_preset_models_have_the_paper_parameter_counts(preset, vocab, params):
-    cfg, _, _ = train.resolve_config(["--preset", preset])
-    model = train.new_model(cfg, vocab)
+    cfg, _, _ = resolve_config(["--preset", preset])
+    model = new_model(cfg, vocab)
     assert sum(p.numel() for p in model.parameters()) == params
 
 
 def test_presets_hold_the_paper_settings_and_explicit_flags_override_them():
-    wt2, _, _ = train.resolve_config(["--preset", "awd-lstm-wt2"])
+    wt2, _, _ = resolve_config(["--preset", "awd-lstm-wt2"])
     assert (wt2["epochs"], wt2["dropout_hidden"], wt2["seed"], wt2["lr"], wt2["bptt"]) == (750, 0.2, 1882, 30.0, 70)
-    assert (wt2["dropout_input"], wt2["dropout_output"], wt2["dropout_weight"], wt2["dropout_embedding"]) == (0.65, 0.4, 0.5, 0.1)
-    assert (wt2["optimizer"], wt2["wdecay"], wt2["alpha"], wt2["beta"], wt2["clip"]) == ("nt-asgd", 1.2e-6, 2.0, 1.0, 0.25)
-    ptb, _, _ = train.resolve_config(["--preset", "awd-lstm-ptb"])
-    assert (ptb["batch_size"], ptb["dropout_input"], ptb["dropout_hidden"], ptb["seed"], ptb["epochs"]) == (20, 0.4, 0.25, 141, 500)
-    mine, _, _ = train.resolve_config(["--preset", "awd-lstm-wt2", "--dropout-hidden", "0.1", "--epochs", "3"])
+    rates = ("dropout_input", "dropout_output", "dropout_weight", "dropout_embedding")
+    assert tuple(wt2[k] for k in rates) == (0.65, 0.4, 0.5, 0.1)
+    optimization = ("optimizer", "wdecay", "alpha", "beta", "clip")
+    assert tuple(wt2[k] for k in optimization) == ("nt-asgd", 1.2e-6, 2.0, 1.0, 0.25)
+    ptb, _, _ = resolve_config(["--preset", "awd-lstm-ptb"])
+    keys = ("batch_size", "dropout_input", "dropout_hidden", "seed", "epochs")
+    assert tuple(ptb[k] for k in keys) == (20, 0.4, 0.25, 141, 500)
+    mine, _, _ = resolve_config(["--preset", "awd-lstm-wt2", "--dropout-hidden", "0.1", "--epochs", "3"])
     assert (mine["dropout_hidden"], mine["epochs"], mine["seed"]) == (0.1, 3, 1882)
-    adam, _, _ = train.resolve_config(["--preset", "awd-lstm-adam"])
+    adam, _, _ = resolve_config(["--preset", "awd-lstm-adam"])
     assert (adam["optimizer"], adam["batch_size"], adam["clip"], adam["epochs"]) == ("adam", 100, 0.12, 90)
 
 
 def test_every_technique_can_be_switched_off():
-    off, _, _ = train.resolve_config(["--model", "awd-lstm", "--dropout-weight", "0", "--optimizer", "sgd",
+    off, _, _ = resolve_config(["--model", "awd-lstm", "--dropout-weight", "0", "--optimizer", "sgd",
                                       "--no-variable-bptt", "--dropout-embedding", "0", "--alpha", "0",
                                       "--beta", "0", "--no-locked-dropout", "--no-tied"])
-    model = train.new_model(off, 50)
+    model = new_model(off, 50)
     assert all(r.weight_drop == 0 for r in model.rnns)
     assert not model.cfg.locked_dropout and not model.cfg.tied and model.cfg.dropout_embedding == 0
     assert off["optimizer"] == "sgd" and off["schedule"] == "plateau" and not off["variable_bptt"]
@@ -400,7 +379,7 @@ def test_every_technique_can_be_switched_off():
 
 def test_awd_lstm_learns_a_tiny_corpus(corpus_dir, tmp_path):
     run = tmp_path / "run"
-    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "6", *AWD_TINY]) == 0
+    assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "10", *AWD_TINY]) == 0
     rows = metrics(run)
     vocab = len(torch.load(run / "model.pt", weights_only=True)["vocab"])
     assert min(r["val_ppl"] for r in rows) < vocab / 4

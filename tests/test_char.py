@@ -5,15 +5,15 @@ import struct
 
 import pytest
 import torch
-from conftest import SHARED_DATA, grammar_lines, train_once
 
+import config
 import data
 import evaluate
 import generate
 import plot
-import train
 from checkpoint import load_model
 from data import DataError, load_corpus, split_text
+from helpers import SHARED_DATA, grammar_lines, train_once
 from model import ModelConfig, build_model
 
 CHAR_TINY = ["--level", "char", "--emsize", "16", "--nhid", "32", "--nlayers", "1", "--dropout", "0",
@@ -185,21 +185,21 @@ def test_prompt_characters_outside_the_vocabulary_are_named(char_run, capsys):
 
 
 def test_char_defaults_apply_only_at_char_level():
-    word, _, _ = train.resolve_config(["--device", "cpu"])
-    char, _, _ = train.resolve_config(["--level", "char", "--device", "cpu"])
-    awd, _, _ = train.resolve_config(["--level", "char", "--model", "awd-lstm", "--device", "cpu"])
+    word, _, _ = config.resolve_config(["--device", "cpu"])
+    char, _, _ = config.resolve_config(["--level", "char", "--device", "cpu"])
+    awd, _, _ = config.resolve_config(["--level", "char", "--model", "awd-lstm", "--device", "cpu"])
     assert (word["optimizer"], word["data"]) == ("sgd", "wikitext-2")
     assert (char["optimizer"], char["lr"], char["data"], char["bptt"]) == ("adam", 2e-3, "tinyshakespeare", 100)
     assert awd["dropout_embedding"] == 0 and not awd["tied"] and awd["dropout_weight"] == 0.3
-    explicit, _, _ = train.resolve_config(["--level", "char", "--bptt", "50", "--device", "cpu"])
+    explicit, _, _ = config.resolve_config(["--level", "char", "--bptt", "50", "--device", "cpu"])
     assert explicit["bptt"] == 50
 
 
 def test_help_states_each_kind_of_runs_default():
     # char awd-lstm has 2 layers although awd-lstm has 3: --help must not imply 3.
-    assert train.default_note("nlayers") == " (default: 2, 3 for awd-lstm, 2 for char awd-lstm)"
-    assert train.default_note("emsize") == " (default: 200, 400 for awd-lstm, 128 for char and char awd-lstm)"
-    for awd, char in [(False, False), *train.KINDS.values()]:
+    assert config.default_note("nlayers") == " (default: 2, 3 for awd-lstm, 2 for char awd-lstm)"
+    assert config.default_note("emsize") == " (default: 200, 400 for awd-lstm, 128 for char and char awd-lstm)"
+    for awd, char in [(False, False), *config.KINDS.values()]:
         argv = ["--device", "cpu"] + ["--model", "awd-lstm"] * awd + ["--level", "char"] * char
-        cfg, _, _ = train.resolve_config(argv)
-        assert cfg["nlayers"] == train.base_defaults(awd, char)["nlayers"]
+        cfg, _, _ = config.resolve_config(argv)
+        assert cfg["nlayers"] == config.base_defaults(awd, char)["nlayers"]

@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, write_corpus
+
+from helpers import ROOT, TINY, write_corpus
 
 
 def run(script, *args, env=None):

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from conftest import SHARED_DATA, write_corpus
 
 import data
 from data import EOS, UNK, DataError, batchify, get_batch, load_corpus
+from helpers import SHARED_DATA, write_corpus
 
 
 def test_tokenize_adds_one_eos_per_line_including_empty_lines():

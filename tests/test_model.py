@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
-from conftest import TINY
 
 import train
+from helpers import TINY
 from model import RNN_TYPES, ModelConfig, RNNModel
 
 

@@ -6,28 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
 import checkpoint
 import evaluate
 import train
 from data import batchify, load_corpus
-
-
-def metrics(run):
-    """Per-epoch numbers of a run, without the wall-clock fields."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s")} for r in rows]
-
-
-def weights(run, name="last.pt"):
-    return torch.load(run / name, weights_only=True)["model"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+from helpers import TINY, assert_same_weights, metrics, weights
 
 
 def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
@@ -127,8 +111,8 @@ def test_a_nan_loss_stops_the_run_with_advice(corpus_dir, tmp_path, monkeypatch,
     real_step = train.train_step
 
     def nan_step(*args, **kw):
-        loss, hidden = real_step(*args, **kw)
-        return loss * float("nan"), hidden
+        step = real_step(*args, **kw)
+        return step._replace(ce=step.ce * float("nan"))
 
     monkeypatch.setattr(train, "train_step", nan_step)
     assert train.main(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), "--epochs", "1", *TINY]) == 2

@@ -1,0 +1,326 @@
+"""train.py's configuration: defaults, presets, the command line, and how they combine.
+
+A run's config is one flat dict, saved in every checkpoint and in the run's config.json. It is
+resolved in layers, each overriding the one before:
+
+    defaults < AWD-LSTM's defaults (--model awd-lstm) < character defaults (--level char)
+             < preset < flags given on the command line
+
+The model's own defaults are written once, in model.py's config dataclasses (ModelConfig,
+AWDConfig), and read from there. --resume takes the saved config and lets only RESUMABLE flags
+change; --finetune takes the run's config and switches to NT-ASGD averaging from the start.
+"""
+import argparse
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from checkpoint import BEST, LAST, load_checkpoint
+from data import LEVELS
+from kernels import DTYPES, LSTM_KERNELS, bf16_is_fast
+from model import MODEL_TYPES, AWDConfig, ModelConfig
+
+
+class ConfigError(Exception):
+    """A bad combination of flags, reported as one line."""
+
+
+def model_defaults(cls):
+    """Field -> default of a model config dataclass (everything but the vocabulary size)."""
+    return {f.name: f.default for f in fields(cls) if f.name != "vocab_size"}
+
+
+BASELINE_MODEL, AWD_MODEL = model_defaults(ModelConfig), model_defaults(AWDConfig)
+AWD_ONLY = tuple(k for k in AWD_MODEL if k not in BASELINE_MODEL)  # the dropout rates, locked_dropout
+BASELINE_ONLY = tuple(k for k in BASELINE_MODEL if k not in AWD_MODEL)  # dropout
+# Training defaults. Defaults live here rather than in the parser, so that flags given on the
+# command line can be told apart from defaults: explicit flags override presets and, on
+# --resume, the saved config.
+DEFAULTS = {
+    **BASELINE_MODEL, **dict.fromkeys(AWD_ONLY),
+    "data": "wikitext-2", "level": "word",
+    "optimizer": "sgd", "lr": None, "schedule": None, "warmup": 0.0, "anneal": 4.0, "nonmono": 5,
+    "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
+    "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
+    "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
+    "save": None, "max_batches": None, "max_minutes": None, "log_interval": 200, "plot": False,
+}
+# AWD-LSTM's training defaults (the original code's), applied under --model awd-lstm.
+AWD_DEFAULTS = {
+    **AWD_MODEL, **dict.fromkeys(BASELINE_ONLY),
+    "optimizer": "nt-asgd", "wdecay": 1.2e-6, "alpha": 2.0, "beta": 1.0, "batch_size": 80, "bptt": 70,
+    "variable_bptt": True, "epochs": 750,
+}
+# Character-level defaults, applied under --level char (see the README's "Characters" section).
+# Characters are few (65 in Tiny Shakespeare) and each carries little information, so: Adam at
+# lr 2e-3 (as char-rnn) rather than SGD at lr 20, 100-character BPTT windows, a looser clip, and
+# none of the word-level regularizers that act on a whole token type (embedding dropout would
+# delete every "e" of a batch; tying a 65-row decoder saves nothing). AWD-LSTM keeps its locked
+# dropout, weight drop and AR/TAR at milder rates, near Merity et al. 2018's character-level PTB
+# settings (dropouti 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with a weight drop of 0.3 for
+# a 2x512 model that trains for minutes rather than days.
+CHAR_DEFAULTS = {
+    "data": "tinyshakespeare", "emsize": 128, "nhid": 512, "nlayers": 2, "dropout": 0.2,
+    "optimizer": "adam", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 100, "epochs": 30, "tied": False,
+}
+CHAR_AWD_DEFAULTS = {
+    **CHAR_DEFAULTS, "dropout": None, "dropout_embedding": 0.0, "dropout_input": 0.1,
+    "dropout_hidden": 0.25, "dropout_output": 0.1, "dropout_weight": 0.3, "variable_bptt": True,
+}
+# The presets follow the commands in the original AWD-LSTM code's README, which differ in places
+# from the paper's text (e.g. dropouth 0.2 on WikiText-2).
+PRESETS = {
+    # Its WikiText-2 command: 750 epochs, dropouth 0.2, seed 1882.
+    "awd-lstm-wt2": {"model": "awd-lstm", "data": "wikitext-2", "dropout_hidden": 0.2, "seed": 1882},
+    # Its PTB command: batch 20, dropouti 0.4, dropouth 0.25, seed 141, 500 epochs.
+    "awd-lstm-ptb": {"model": "awd-lstm", "data": "ptb", "batch_size": 20, "dropout_input": 0.4,
+                     "dropout_hidden": 0.25, "seed": 141, "epochs": 500},
+    # The fast recipe: Adam, batch 100, clip 0.12, one-cycle over 90 epochs (reported by fast.ai
+    # to reach 68.7/65.5 val/test on WikiText-2); betas (0.7, 0.99) as in fast.ai's LM recipes.
+    "awd-lstm-adam": {"model": "awd-lstm", "data": "wikitext-2", "dropout_hidden": 0.2,
+                      "seed": 1882, "optimizer": "adam", "lr": 3e-3, "adam_betas": [0.7, 0.99],
+                      "schedule": "onecycle", "warmup": 0.25, "batch_size": 100, "clip": 0.12,
+                      "epochs": 90},
+}
+DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
+# Flags that may change when a run is resumed; the rest would make it a different run.
+RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "log_interval",
+             "plot", "lstm_kernel"}
+# Flags added after runs were first saved, with the value that those older runs used.
+LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto"}
+# Flags that --finetune may not change: they define the model being fine-tuned.
+MODEL_FLAGS = {"data", "level", *BASELINE_MODEL, *AWD_MODEL}
+# Kinds of run with their own defaults, as (awd, char), named as --help names them.
+KINDS = {"awd-lstm": (True, False), "char": (False, True), "char awd-lstm": (True, True)}
+
+
+def flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def base_defaults(awd, char):
+    """The defaults of a run before presets and flags: DEFAULTS, then AWD-LSTM's for awd-lstm,
+    then the character defaults for --level char."""
+    char_table = (CHAR_AWD_DEFAULTS if awd else CHAR_DEFAULTS) if char else {}
+    return {**DEFAULTS, **(AWD_DEFAULTS if awd else {}), **char_table}
+
+
+def default_note(key):
+    """' (default: ...)' for --help: the plain default, then each kind of run's default where it
+    differs from a kind that it refines (char awd-lstm refines both awd-lstm and char)."""
+    shown = {}  # value -> kinds that default to it
+    for kind, (awd, char) in KINDS.items():
+        value = base_defaults(awd, char)[key]
+        refined = [base_defaults(False, char)[key], base_defaults(awd, False)[key]]
+        if value is not None and any(value != r for r in refined):
+            shown.setdefault(str(value), []).append(kind)
+    parts = [] if DEFAULTS[key] is None else [str(DEFAULTS[key])]
+    parts += [f"{value} for {' and '.join(kinds)}" for value, kinds in shown.items()]
+    return f" (default: {', '.join(parts)})" if parts else ""
+
+
+def preset_help():
+    return "; ".join(f"{name}: " + " ".join(f"{flag(k)} {v}" for k, v in preset.items())
+                     for name, preset in PRESETS.items())
+
+
+def add(group, key, help, **kw):
+    """A flag whose default stays None on the parser (see DEFAULTS), with its defaults in the help."""
+    group.add_argument(flag(key), default=None, help=help + default_note(key), **kw)
+
+
+def get_parser(description=None):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p.add_argument_group("data and model"))
+    add_optimization_flags(p.add_argument_group("optimization"))
+    add_run_flags(p.add_argument_group("run"))
+    return p
+
+
+def add_model_flags(g):
+    g.add_argument("--preset", choices=PRESETS, default=None,
+                   help="a configuration from the original code's README; explicit flags override "
+                        "its values: " + preset_help())
+    add(g, "data", "hub dataset (wikitext-2, wikitext-103, ptb, tinyshakespeare) or a folder with "
+                   "train.txt/valid.txt/test.txt; with --level char also one text file, cut 90/5/5")
+    add(g, "level", "tokens are words (split on whitespace, <eos> per line) or characters", choices=LEVELS)
+    add(g, "model", "recurrent model: a baseline cell or AWD-LSTM", choices=MODEL_TYPES)
+    add(g, "emsize", "embedding size (awd-lstm: also its last layer's size when tied)", type=int)
+    add(g, "nhid", "hidden units per layer (awd-lstm: all layers but the last)", type=int)
+    add(g, "nlayers", "number of recurrent layers", type=int)
+    add(g, "tied", "tie the decoder weight to the embedding (baseline: needs --nhid == --emsize)",
+        action=argparse.BooleanOptionalAction)
+    add(g, "dropout", "baseline only: dropout on the embedding, between layers and on the output", type=float)
+    add(g, "dropout_embedding", "awd-lstm: fraction of words dropped from the embedding matrix "
+                                "(the paper's embedding dropout, dropoute)", type=float)
+    add(g, "dropout_input", "awd-lstm: locked dropout on the embedding output (dropouti)", type=float)
+    add(g, "dropout_hidden", "awd-lstm: locked dropout between LSTM layers (dropouth)", type=float)
+    add(g, "dropout_output", "awd-lstm: locked dropout on the last LSTM output (dropout)", type=float)
+    add(g, "dropout_weight", "awd-lstm: DropConnect on hidden-to-hidden weights (the paper's weight "
+                             "drop, wdrop); 0 turns weight drop off", type=float)
+    add(g, "locked_dropout", "awd-lstm: one dropout mask per sequence, shared over time (variational); "
+                             "--no-locked-dropout draws a new mask per step",
+        action=argparse.BooleanOptionalAction)
+
+
+def add_optimization_flags(g):
+    add(g, "optimizer", "sgd (plain), nt-asgd (SGD, then averaging by the non-monotone trigger), adam, adamw",
+        choices=tuple(DEFAULT_LR))
+    add(g, "lr", "initial learning rate; at word level 20 for sgd, 30 for nt-asgd, 0.001 for adam/adamw; "
+                 "--finetune keeps the run's SGD lr", type=float)
+    add(g, "schedule", "lr schedule: plateau (divide by --anneal when validation does not improve), "
+                       "constant, cosine or onecycle; cosine and onecycle run over --epochs, or over "
+                       "--max-minutes when that ends first (default: constant for nt-asgd, else plateau)",
+        choices=("plateau", "constant", "cosine", "onecycle"))
+    add(g, "warmup", "cosine/onecycle: fraction of training spent warming the lr up", type=float)
+    add(g, "anneal", "plateau: divide the lr by this when validation loss does not improve", type=float)
+    add(g, "nonmono", "nt-asgd: the non-monotone window (epochs) of the averaging trigger", type=int)
+    add(g, "adam_betas", "adam/adamw: beta1 beta2", type=float, nargs=2, metavar=("B1", "B2"))
+    add(g, "wdecay", "weight decay", type=float)
+    add(g, "clip", "clip the gradient norm to this (0: no clipping)", type=float)
+    add(g, "alpha", "AR: weight of the mean squared dropped last-layer output (0: off)", type=float)
+    add(g, "beta", "TAR: weight of the mean squared step-to-step change of the last-layer output (0: off)",
+        type=float)
+    add(g, "epochs", "last epoch to train (on --resume, may be raised to train longer)", type=int)
+    add(g, "batch_size", "training batch size (parallel token streams)", type=int)
+    add(g, "eval_batch_size", "batch size of the validation pass each epoch", type=int)
+    add(g, "bptt", "tokens per truncated-BPTT window (the mean one with --variable-bptt)", type=int)
+    add(g, "variable_bptt", "draw each window's length around --bptt and scale the lr by length/bptt",
+        action=argparse.BooleanOptionalAction)
+
+
+def add_run_flags(g):
+    add(g, "seed", "random seed", type=int)
+    add(g, "device", "cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    add(g, "dtype", "training precision: fp32, or bf16 autocast with fp32 master weights (default: bf16 "
+                    "where the device runs it natively, i.e. CUDA with bf16 or a CPU with AVX512-BF16/AMX, "
+                    "else fp32)", choices=DTYPES)
+    add(g, "val_dtype", "precision of the validation pass that picks model.pt, triggers NT-ASGD and "
+                        "stops fine-tuning; fp32 agrees with evaluate.py's default", choices=DTYPES)
+    add(g, "lstm_kernel", "how AWD-LSTM's layers run: fused (torch.lstm: oneDNN, cuDNN), own (our "
+                          "recurrence with a hand-written backward), or auto: own for bf16 training on "
+                          "CPU where its time steps are large enough to gain, fused elsewhere",
+        choices=LSTM_KERNELS)
+    add(g, "save", "run directory (default: checkpoints/<data>-<model>-<time>; <run>-finetune with --finetune)")
+    g.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR from its last.pt; its saved config is used, and only "
+                        f"{', '.join(flag(k) for k in sorted(RESUMABLE))} may be changed")
+    g.add_argument("--finetune", metavar="DIR", default=None,
+                   help="AWD-LSTM's fine-tuning stage: start from DIR's best weights (model.pt) and "
+                        "train with averaging from the first step until the non-monotone criterion holds")
+    add(g, "max_batches", "train at most this many batches per epoch (for smoke runs)", type=int)
+    add(g, "max_minutes", "stop after this much training time: the epoch under way is cut short, "
+                          "validated and saved", type=float)
+    add(g, "log_interval", "batches between progress-bar updates (each costs a host sync)", type=int)
+    add(g, "plot", "when the run ends, draw its loss and accuracy curves into <run>/curves.png",
+        action=argparse.BooleanOptionalAction)
+
+
+def default_dtype(device):
+    return "bf16" if bf16_is_fast(device) else "fp32"
+
+
+def fill_defaults(given):
+    """Defaults < AWD-LSTM defaults (for awd-lstm) < character defaults (for --level char) <
+    preset < explicit flags."""
+    preset = PRESETS[given["preset"]] if given.get("preset") else {}
+    model = given.get("model") or preset.get("model") or DEFAULTS["model"]
+    cfg = {**base_defaults(model == "awd-lstm", given.get("level") == "char"), **preset,
+           **{k: v for k, v in given.items() if k != "preset"}, "preset": given.get("preset")}
+    if cfg["lr"] is None:
+        cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
+    if cfg["schedule"] is None:
+        cfg["schedule"] = "constant" if cfg["optimizer"] == "nt-asgd" else "plateau"
+    if cfg["device"] is None:
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["dtype"] is None:
+        cfg["dtype"] = default_dtype(cfg["device"])
+    cfg["finetune"] = None
+    return cfg
+
+
+def check_config(cfg, given):
+    """One-line errors for values and combinations that cannot run; also run on --resume and
+    --finetune, where `given` holds only the flags of this command line."""
+    if cfg.get("preset") and cfg["model"] != PRESETS[cfg["preset"]]["model"]:
+        raise ConfigError(f"--preset {cfg['preset']} is for --model {PRESETS[cfg['preset']]['model']}")
+    wrong = [k for k in (AWD_ONLY if cfg["model"] != "awd-lstm" else BASELINE_ONLY) if k in given]
+    if wrong:
+        raise ConfigError(f"{flag(wrong[0])} does not apply to --model {cfg['model']}"
+                          + ("; use --dropout-input/-hidden/-output" if wrong[0] == "dropout" else ""))
+    for key in ("epochs", "batch_size", "eval_batch_size", "bptt", "log_interval", "nonmono"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{flag(key)} must be at least 1, got {cfg[key]}")
+    for key in ("max_batches", "max_minutes"):
+        if cfg[key] is not None and not cfg[key] > 0:
+            raise ConfigError(f"{flag(key)} must be positive, got {cfg[key]} (leave it out for no limit)")
+    if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":
+        raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']} "
+                          "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
+    if not 0 <= cfg["warmup"] < 1:
+        raise ConfigError(f"--warmup must be in [0, 1), got {cfg['warmup']}")
+
+
+def model_config(cfg, vocab_size):
+    """The run config's model part, as the model's config dataclass."""
+    cls = AWDConfig if cfg["model"] == "awd-lstm" else ModelConfig
+    try:
+        return cls(vocab_size=vocab_size, **{k: cfg[k] for k in model_defaults(cls)})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def resume_config(given, saved, run):
+    """The saved config of the run being resumed, with the RESUMABLE flags of this command line."""
+    fixed = sorted(k for k, v in given.items() if k not in RESUMABLE and v != saved.get(k))
+    if fixed:
+        raise ConfigError(f"{flag(fixed[0])} cannot change on --resume (the run used "
+                          f"{saved.get(fixed[0])!r}); start a new run with --save instead")
+    cfg = {**LATER_FLAGS, **saved, **given, "save": str(run)}
+    check_config(cfg, given)
+    return cfg
+
+
+def finetune_config(given, saved, run):
+    """Fine-tuning's config: the run's, with NT-ASGD averaging from the first step. The lr is
+    the run's when it trained with SGD (the original code's finetune.py takes the same --lr as
+    the main run), else NT-ASGD's default."""
+    fixed = sorted(k for k in given if k in MODEL_FLAGS | {"preset"})
+    if fixed:
+        raise ConfigError(f"{flag(fixed[0])} cannot change with --finetune: the model comes from {run}")
+    lr = saved["lr"] if saved["optimizer"] in ("sgd", "nt-asgd") else DEFAULT_LR["nt-asgd"]
+    cfg = {**LATER_FLAGS, **saved, "optimizer": "nt-asgd", "schedule": "constant", "lr": lr,
+           "save": str(Path(run)) + "-finetune", **given, "finetune": str(run)}
+    check_config(cfg, given)
+    return cfg
+
+
+def new_config(given):
+    """A new run's config from its explicit flags."""
+    cfg = fill_defaults(given)
+    check_config(cfg, given)
+    if cfg["save"] is None:
+        name = Path(cfg["data"]).stem or "data"
+        level = "-char" if cfg["level"] == "char" else ""
+        cfg["save"] = f"checkpoints/{name}{level}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg
+
+
+
+def resolve_config(argv=None, description=None):
+    """Parse argv into (config dict, checkpoint to start from or None, mode), mode being "new",
+    "resume" (from the run's last.pt) or "finetune" (from its model.pt)."""
+    given = {k: v for k, v in vars(get_parser(description).parse_args(argv)).items() if v is not None}
+    resume, finetune = given.pop("resume", None), given.pop("finetune", None)
+    if resume and finetune:
+        raise ConfigError("--resume and --finetune exclude each other (a fine-tuning run is "
+                          "resumed with --resume like any run)")
+    if resume:
+        ckpt = load_checkpoint(resume, LAST)
+        return resume_config(given, ckpt["train_config"], resume), ckpt, "resume"
+    if finetune:
+        ckpt = load_checkpoint(finetune, BEST)
+        return finetune_config(given, ckpt["train_config"], finetune), ckpt, "finetune"
+    return new_config(given), None, "new"

@@ -1,0 +1,281 @@
+"""Speed machinery, apart from the models: mixed precision, our own LSTM recurrence and the
+chunked decoder loss and scores.
+
+- autocast / bf16_is_fast / compute_dtype: bf16 autocast with fp32 master weights, where the
+  hardware runs bf16 natively.
+- lstm_sequence: one LSTM layer with a hand-written backward (bf16 training on CPU, where
+  oneDNN's LSTM backward is slow); fused_lstm: the same layer in torch.lstm (oneDNN, cuDNN).
+- linear_cross_entropy / linear_scores: the decoder, softmax and loss (or scores) a chunk of
+  tokens at a time, so the (tokens, vocab) logits never exist whole.
+
+Each computes the same function as the plain PyTorch code it replaces: tests/test_kernels.py
+pins that exactly in fp32 and within tolerance in bf16.
+"""
+import torch
+
+DTYPES = ("fp32", "bf16")
+
+
+def autocast(device, dtype):
+    """Mixed precision for dtype "bf16": matmuls and the LSTM kernels run in bfloat16 while the
+    weights, their gradients and the optimizer stay fp32 ("master weights"). "fp32" is a no-op."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+def bf16_is_fast(device):
+    """True where bfloat16 matmuls run natively: CUDA GPUs that support it, and CPUs with
+    AVX512-BF16 or AMX (on other CPUs bf16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+
+def compute_dtype(device_type, default):
+    """The dtype that autocast gives matmuls on this device type, or `default` outside autocast."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
+
+
+def _times_transposed(weight, rows):
+    """x -> x @ weight.T for x of `rows` rows, called once per time step. On CPU in bf16 the
+    weight is packed once into oneDNN's blocked layout, where a plain mm would re-pack it on
+    every call."""
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return lambda x: x @ weight.t()
+
+
+class _LSTMSequence(torch.autograd.Function):
+    """One LSTM layer over a whole sequence, with a hand-written backward.
+
+    Forward runs the recurrence a time step at a time; backward walks it in reverse and leaves
+    everything that does not depend on the recurrence to three large matmuls at the end. Gate
+    order is PyTorch's (i, f, g, o). Saved for backward: the activated gates (T, B, 4H) in the
+    compute dtype, the cell states (T+1, B, H) and their tanh (T, B, H) in fp32 (fp64 for fp64
+    inputs), and the outputs with h0 in front (T+1, B, H). The cell state and the gradients of
+    the backward walk are carried in fp32 whatever the compute dtype; only what feeds a matmul
+    is cast to it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias):
+        """x (T, B, I), w_ih (4H, I), w_hh (4H, H) and bias (4H,) in the compute dtype;
+        h0, c0 (B, H). Returns the outputs (T, B, H) in the compute dtype, h_T and c_T in the
+        cell dtype."""
+        steps, batch, _ = x.shape
+        hid = w_hh.size(1)
+        gates = torch.addmm(bias, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hid)
+        cells = x.new_empty((steps + 1, batch, hid), dtype=torch.promote_types(x.dtype, torch.float32))
+        cells[0] = c0
+        tanh_cells = torch.empty_like(cells[1:])
+        outs = x.new_empty((steps + 1, batch, hid))  # outs[0] is h0, outs[t + 1] is h_t
+        outs[0] = h0
+        recurrent = _times_transposed(w_hh, batch)
+        for t in range(steps):
+            gate = gates[t].add_(recurrent(outs[t]))  # pre-activations, then activated in place
+            gate[:, :2 * hid].sigmoid_()
+            gate[:, 2 * hid:3 * hid].tanh_()
+            gate[:, 3 * hid:].sigmoid_()
+            i, f, g, o = gate.split(hid, 1)
+            torch.mul(f, cells[t], out=cells[t + 1]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
+            torch.tanh(cells[t + 1], out=tanh_cells[t])
+            torch.mul(o, tanh_cells[t], out=outs[t + 1])  # h_t = o tanh(c_t)
+        ctx.save_for_backward(x, w_ih, w_hh, gates, cells, tanh_cells, outs)
+        return outs[1:], outs[steps].to(cells.dtype), cells[steps].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h, grad_c):
+        x, w_ih, w_hh, gates, cells, tanh_cells, outs = ctx.saved_tensors
+        steps, batch, hid = tanh_cells.shape
+        f32 = {"dtype": cells.dtype, "device": x.device}  # fp32, or fp64 for gradcheck
+        dh = torch.zeros(batch, hid, **f32) if grad_h is None else grad_h.to(cells.dtype, copy=True)
+        dc = torch.zeros(batch, hid, **f32) if grad_c is None else grad_c.to(cells.dtype, copy=True)
+        d_gates = torch.empty_like(gates)  # d loss / d pre-activations, (T, B, 4H)
+        d_bias = torch.zeros(batch, 4 * hid, **f32)
+        # Per-step scratch in fp32: the step's gates, their gradients, tanh(c_t) and a temporary.
+        gate, d_gate = torch.empty(batch, 4 * hid, **f32), torch.empty(batch, 4 * hid, **f32)
+        tanh_c, tmp = torch.empty(batch, hid, **f32), torch.empty(batch, hid, **f32)
+        one = torch.ones((), **f32)
+        i, f, g, o = gate.split(hid, 1)
+        di, df, dg, do = d_gate.split(hid, 1)
+        recurrent = _times_transposed(w_hh.t().contiguous(), batch)  # dh_{t-1} = d_gates_t @ w_hh
+        for t in reversed(range(steps)):
+            gate.copy_(gates[t])
+            tanh_c.copy_(tanh_cells[t])
+            if grad_out is not None:
+                dh.add_(grad_out[t])  # from the layer above, plus dh from step t + 1
+            torch.sub(1, o, out=do).mul_(o).mul_(tanh_c).mul_(dh)  # dh tanh(c) o (1 - o)
+            torch.addcmul(one, tanh_c, tanh_c, value=-1, out=tmp).mul_(o)
+            dc.addcmul_(dh, tmp)  # dc_t += dh o (1 - tanh(c)^2)
+            torch.sub(1, i, out=di).mul_(i).mul_(g).mul_(dc)  # dc g i (1 - i)
+            torch.sub(1, f, out=df).mul_(f).mul_(cells[t]).mul_(dc)  # dc c_{t-1} f (1 - f)
+            torch.addcmul(one, g, g, value=-1, out=dg).mul_(i).mul_(dc)  # dc i (1 - g^2)
+            dc.mul_(f)  # -> dc_{t-1}
+            d_bias.add_(d_gate)
+            d_gates[t] = d_gate
+            dh.copy_(recurrent(d_gates[t]))  # -> dh_{t-1}
+        flat = d_gates.view(steps * batch, 4 * hid)
+        need = ctx.needs_input_grad
+        dx = (flat @ w_ih).view(steps, batch, -1) if need[0] else None
+        dw_ih = flat.t() @ x.reshape(steps * batch, -1) if need[3] else None
+        dw_hh = flat.t() @ outs[:-1].reshape(steps * batch, hid) if need[4] else None
+        return dx, dh, dc, dw_ih, dw_hh, d_bias.sum(0)
+
+
+def lstm_sequence(x, state, w_ih, w_hh, b_ih, b_hh):
+    """LSTM layer over x (T, B, I) from state (h0, c0), each (1, B, H), in x's dtype or in the
+    autocast dtype of x's device; the same function as torch.lstm with these weights. Returns
+    (outputs (T, B, H), (h_T, c_T) each (1, B, H), at least fp32)."""
+    device = x.device.type
+    dtype = compute_dtype(device, x.dtype)
+    h0, c0 = state
+    with torch.autocast(device, enabled=False):
+        out, h, c = _LSTMSequence.apply(x.to(dtype), h0[0], c0[0], w_ih.to(dtype), w_hh.to(dtype),
+                                        (b_ih + b_hh).to(dtype))
+    return out, (h[None], c[None])
+
+
+def fused_lstm(x, state, w_ih, w_hh, b_ih, b_hh, train=True):
+    """The same layer in PyTorch's fused kernel (torch.lstm: oneDNN on CPU, cuDNN on CUDA), with
+    lstm_sequence's arguments and results. train=False lets cuDNN skip what backward needs."""
+    out, h, c = torch.lstm(x, state, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, train, False, False)
+    return out, (h, c)
+
+
+LSTM_KERNELS = ("auto", "fused", "own")  # how WeightDropLSTM runs its sequence
+OWN_MIN_STEP_WORK = 2 ** 25  # batch * hidden * (input + hidden) at which ours broke even here
+
+
+def own_recurrence_is_faster(x, hidden_size):
+    """True where lstm_sequence beats the fused kernel on this project's CPU: training
+    (gradients on) on CPU under bfloat16 autocast, with time steps large enough to hide the
+    per-step Python overhead. Ours wins there because it leaves the weight and input gradients
+    to three large matmuls, where oneDNN's bf16 LSTM backward runs well below the matmul speed;
+    it loses in fp32, at small steps, in evaluation (no backward to win back) and to cuDNN.
+    The threshold and the timings behind it: bench_lstm.py, results/bench-lstm-kernels-cpu*.json
+    and the README's speed section."""
+    batch, inputs = x.shape[1:]
+    return (x.device.type == "cpu" and torch.is_grad_enabled()
+            and compute_dtype("cpu", None) == torch.bfloat16  # under bf16 autocast
+            and batch * hidden_size * (inputs + hidden_size) >= OWN_MIN_STEP_WORK)
+
+
+DECODE_ROWS = 2048  # logits are made for this many tokens at a time: (2048, vocab) floats
+
+
+def _chunks(features, targets, rows):
+    """(start, features rows, their targets) for each block of `rows` tokens."""
+    for start in range(0, features.size(0), rows):
+        yield start, features[start:start + rows], targets[start:start + rows]
+
+
+class Workspace:
+    """Scratch (rows, vocab) matrices for linear_cross_entropy and linear_scores, one per dtype,
+    reused by every chunk and, when the caller keeps the Workspace, by every call: on CPU a fresh
+    buffer this large is page-faulted in on each allocation, which costs as much as a pass over it."""
+
+    def __init__(self):
+        self.flat = {}
+
+    def matrix(self, rows, cols, dtype, device):
+        flat = self.flat.get(dtype)
+        if flat is None or flat.numel() < rows * cols or flat.device != device:
+            flat = self.flat[dtype] = torch.empty(rows * cols, dtype=dtype, device=device)
+        return flat[:rows * cols].view(rows, cols)
+
+
+def _softmax_minus_onehot_(probs, targets):
+    """In place: logits (rows, vocab) -> softmax(logits) - onehot(targets), the gradient of the
+    summed cross-entropy with respect to the logits; returns that summed cross-entropy (fp32).
+
+    In bf16 every probability is one rounding away from its exact value, but p_t - 1 is not: a
+    target probability of about 0.998 or more rounds to 1, and its gradient to 0. So the target
+    entry is written as minus the sum of the other probabilities, accumulated in fp32, which is
+    1 - p_t to bf16's relative precision however confident the model is; the loss takes
+    -log p_t where p_t is small and -log1p(-(1 - p_t)) where it is close to 1."""
+    torch.softmax(probs, dim=1, out=probs)
+    rows = torch.arange(targets.size(0), device=targets.device)
+    p_target = probs[rows, targets].float()
+    probs[rows, targets] = 0
+    rest = probs.sum(1, dtype=torch.float32)  # 1 - p_t, summed without p_t's rounding
+    probs[rows, targets] = rest.neg().to(probs.dtype)
+    nats = torch.where(p_target > 0.5, rest.neg().log1p().neg(),
+                       p_target.clamp_min(torch.finfo(torch.float32).tiny).log().neg())
+    return nats.sum()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss *and* its gradients, one chunk of rows at a time; backward
+    only scales them by the incoming gradient. The (tokens, vocab) logits, their softmax and
+    its gradient never exist whole, which saves most of the memory traffic of the softmax."""
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, targets, rows, workspace):
+        device = features.device
+        dtype = compute_dtype(device.type, features.dtype)  # of the matmul operands
+        grad_features = torch.empty_like(features)
+        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        loss = torch.zeros((), dtype=torch.float32, device=device)
+        probs_all = workspace.matrix(min(rows, features.size(0)), weight.size(0), dtype, device)
+        with torch.autocast(device.type, enabled=False):
+            w, b = weight.to(dtype), bias.to(dtype)
+            for start, x, t in _chunks(features.to(dtype), targets, rows):
+                probs = probs_all[:x.size(0)]
+                torch.addmm(b, x, w.t(), out=probs)  # logits (rows, vocab)
+                loss += _softmax_minus_onehot_(probs, t)  # probs is now d loss / d logits
+                grad_features[start:start + x.size(0)] = probs @ w
+                grad_weight.add_(probs.t() @ x)  # summed over chunks in fp32, the weight's dtype
+                grad_bias.add_(probs.sum(0, dtype=torch.float32))
+        n = features.size(0)
+        ctx.grads = (grad_features.div_(n), grad_weight.div_(n), grad_bias.div_(n))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grads = ctx.grads
+        del ctx.grads  # differentiable once
+        return *(g.mul_(grad_loss) for g in grads), None, None, None
+
+
+def linear_cross_entropy(features, weight, bias, targets, rows=DECODE_ROWS, workspace=None):
+    """Mean cross-entropy of softmax(features @ weight.T + bias) against targets, the same value
+    and gradients as F.cross_entropy(F.linear(...)) but computed `rows` tokens at a time.
+
+    features (tokens, d); weight (vocab, d) and bias (vocab,) fp32, receiving fp32 gradients;
+    targets (tokens,). Under bf16 autocast the matmul operands (features, weight, logits and
+    their gradient) are bf16, while the loss, the target entries' gradients (see
+    _softmax_minus_onehot_) and the sums over chunks are fp32. Differentiable once (no double
+    backward). Pass a Workspace kept across calls to reuse its scratch memory.
+    """
+    workspace = Workspace() if workspace is None else workspace
+    return _LinearCrossEntropy.apply(features, weight, bias, targets, rows, workspace)
+
+
+@torch.no_grad()
+def linear_scores(features, weight, bias, targets, rows=DECODE_ROWS, workspace=None):
+    """(summed cross-entropy in nats, number of correct argmax predictions) of the decoder over
+    features (tokens, d) against targets (tokens,), as float64 scalars on the device. The logits
+    are made in the compute dtype (bf16 under autocast) and the log-softmax is taken in fp32."""
+    dtype = compute_dtype(features.device.type, features.dtype)
+    features, w, b = features.to(dtype), weight.to(dtype), bias.to(dtype)
+    nats = features.new_zeros((), dtype=torch.float64)
+    correct = features.new_zeros((), dtype=torch.float64)
+    workspace = Workspace() if workspace is None else workspace
+    shape = (min(rows, features.size(0)), weight.size(0))
+    logits = workspace.matrix(*shape, dtype, features.device)
+    log_probs = logits if dtype == torch.float32 else workspace.matrix(*shape, torch.float32, features.device)
+    with torch.autocast(features.device.type, enabled=False):
+        for _, x, t in _chunks(features, targets, rows):
+            chunk_logits, chunk_log_probs = logits[:x.size(0)], log_probs[:x.size(0)]
+            torch.addmm(b, x, w.t(), out=chunk_logits)
+            if log_probs is not logits:
+                chunk_log_probs.copy_(chunk_logits)
+            correct += (chunk_log_probs.argmax(1) == t).sum()  # argmax is ~4x faster in fp32 than bf16
+            torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
+            nats -= chunk_log_probs.gather(1, t[:, None]).sum()
+    return nats, correct

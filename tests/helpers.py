@@ -1,0 +1,87 @@
+"""Shared test helpers: tiny corpora, tiny run flags, and readers of a run directory."""
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+SUBJECTS = ["the cat", "a dog", "the bird", "my friend"]
+VERBS = ["sat on", "looked at", "ran to", "jumped over"]
+OBJECTS = ["the mat", "a tree", "the house", "the river"]
+
+# A tiny baseline LSTM run.
+TINY = ["--emsize", "24", "--nhid", "24", "--nlayers", "1", "--dropout", "0.0", "--batch-size", "8",
+        "--bptt", "10", "--eval-batch-size", "4", "--lr", "5", "--device", "cpu", "--log-interval", "10",
+        "--dtype", "fp32"]
+# A small AWD-LSTM for training tests: 2 layers, every technique on.
+AWD_TINY = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2",
+            "--batch-size", "8", "--bptt", "10", "--eval-batch-size", "4", "--device", "cpu",
+            "--log-interval", "10", "--lr", "10", "--dropout-input", "0.2", "--dropout-hidden", "0.1",
+            "--dropout-output", "0.2", "--dropout-weight", "0.2", "--dropout-embedding", "0.05", "--dtype", "fp32"]
+
+
+def grammar_lines(n, seed):
+    """n sentences of a tiny grammar: 3 four-way choices per line, so a good model's perplexity
+    is about 2 while the vocabulary has about 20 words."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} ." for _ in range(n)]
+
+
+def write_corpus(folder, train=None, valid=None, test=None, names=("train.txt", "valid.txt", "test.txt")):
+    """Write a corpus folder; splits default to grammar sentences."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = [train if train is not None else grammar_lines(400, 0),
+             valid if valid is not None else grammar_lines(60, 1),
+             test if test is not None else grammar_lines(60, 2)]
+    for name, lines in zip(names, texts, strict=True):
+        (folder / name).write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def train_once(tmp_path_factory, name, write_data, args):
+    """Train a small run in its own folder and cache; returns (run dir, data path)."""
+    import train
+    base = tmp_path_factory.mktemp(name)
+    data_path = write_data(base)
+    run = base / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LM_DATA_CACHE", str(base / "cache"))
+    torch.set_num_threads(1)
+    assert train.main(["--data", str(data_path), "--save", str(run), *args]) == 0
+    mp.undo()
+    return run, data_path
+
+
+def metrics(run):
+    """Per-epoch numbers of a run, without the wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s")}
+            for r in read_metrics(run)]
+
+
+def weights(run, name="last.pt"):
+    return torch.load(Path(run) / name, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def step_by_step(x, w_ih, w_hh, b_ih, b_hh):
+    """Reference LSTM from a zero state, one time step at a time, with the given (possibly
+    dropped) matrices; gates in PyTorch's order (i, f, g, o)."""
+    h = c = torch.zeros(x.size(1), w_hh.size(1))
+    outs = []
+    for x_t in x:
+        i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs)

@@ -1,0 +1,109 @@
+"""Wiring mistakes that the test suite must catch: each mutant is one small edit of the code.
+
+    python tests/mutants.py              # every mutant, each in a fresh copy of the tree
+    python tests/mutants.py --only ar    # the mutants whose names contain "ar"
+
+For each mutant the script copies the working tree to a temporary folder, makes the edit there,
+runs the default test suite with -x (tests/test_wiring.py first), and reports whether the suite
+failed ("caught") or passed ("SURVIVED"). The working tree itself is never touched. Exit code 1
+if any mutant survived, 2 if an edit no longer applies (the code it targets has changed: update
+the mutant).
+"""
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (file, the code as it is, the code with the mistake)
+MUTANTS = {
+    "ar-tar-swapped": ("train.py", 'activation_regularization(out.dropped, cfg["alpha"])\n'
+                       '                + temporal_activation_regularization(out.raw, cfg["beta"])',
+                       'activation_regularization(out.raw, cfg["alpha"])\n'
+                       '                + temporal_activation_regularization(out.dropped, cfg["beta"])'),
+    "lr-factor-fixed-at-1": ("train.py", 'factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0',
+                             "factor = 1.0"),
+    "seq-len-fixed-at-bptt": ("train.py", 'seq_len = sample_seq_len(cfg["bptt"], run.lengths) if '
+                              'cfg["variable_bptt"] else cfg["bptt"]', 'seq_len = cfg["bptt"]'),
+    "position-advances-by-bptt": ("train.py", "state.position += x.size(0)", 'state.position += cfg["bptt"]'),
+    "state-reset-every-batch": ("train.py", "step = train_step(model, x, y, run.hidden,",
+                                'step = train_step(model, x, y, model.init_hidden(cfg["batch_size"]),'),
+    "input-output-dropout-swapped": ("model.py", "LockedDropout(cfg.dropout_input, cfg.locked_dropout)",
+                                     "LockedDropout(cfg.dropout_output, cfg.locked_dropout)"),
+    "hidden-dropout-after-last-layer": ("model.py", "if i < len(self.rnns) - 1:", "if True:"),
+    "no-locked-dropout-ignored-for-hidden": ("model.py", "LockedDropout(cfg.dropout_hidden, cfg.locked_dropout)",
+                                             "LockedDropout(cfg.dropout_hidden)"),
+    "embedding-dropout-not-in-forward": ("model.py", "x = embedding_dropout(self.encoder.weight, tokens, "
+                                         "self.cfg.dropout_embedding, self.training)", "x = self.encoder(tokens)"),
+    "embedding-mask-drawn-not-applied": ("model.py", "return emb * dropout_mask((weight.size(0), 1), p, "
+                                         "weight.device)[tokens]",
+                                         "dropout_mask((weight.size(0), 1), p, weight.device)\n    return emb"),
+    "finetune-from-last-pt": ("config.py", "ckpt = load_checkpoint(finetune, BEST)",
+                              "ckpt = load_checkpoint(finetune, LAST)"),
+    "finetune-skips-its-start": ("train.py", "run.state.best_val_loss = run.validate().loss",
+                                 "run.state.best_val_loss = math.inf"),
+    "finetune-lr-not-inherited": ("config.py", 'lr = saved["lr"] if saved["optimizer"] in ("sgd", "nt-asgd") '
+                                  'else DEFAULT_LR["nt-asgd"]', 'lr = DEFAULT_LR["nt-asgd"]'),
+    "no-weight-decay": ("train.py", "torch.optim.SGD(params, lr=lr, weight_decay=wd)",
+                        "torch.optim.SGD(params, lr=lr)"),
+    "awd-decoder-bias-not-zeroed": ("model.py", "        nn.init.zeros_(self.decoder.bias)\n        if cfg.tied:",
+                                    "        if cfg.tied:"),
+    "no-clipping-for-awd": ("train.py", 'if cfg["clip"] > 0:',
+                            'if cfg["clip"] > 0 and type(model).__name__ != "AWDLSTM":'),
+    "bf16-target-gradient": ("kernels.py", "probs[rows, targets] = rest.neg().to(probs.dtype)",
+                             "probs[rows, targets] = (p_target - 1).to(probs.dtype)"),
+    "bf16-dropout-mask": ("model.py", "return x * dropout_mask(shape, self.p, x.device)",
+                          "return x * dropout_mask(shape, self.p, x.device).to(x.dtype)"),
+    "validation-in-training-dtype": ("train.py", 'evaluate(self.model, self.val_data, self.cfg["val_dtype"])',
+                                     'evaluate(self.model, self.val_data, self.cfg["dtype"])'),
+    "schedule-ignores-max-batches": ("train.py", 'if self.cfg["max_batches"]:\n            part = max(',
+                                     'if False:\n            part = max('),
+    "schedule-ignores-max-minutes": ("optim.py", "by_time = seconds / (60 * max_minutes) if max_minutes else 0.0",
+                                     "by_time = 0.0"),
+    "resume-skips-checks": ("config.py", '    cfg = {**LATER_FLAGS, **saved, **given, "save": str(run)}\n'
+                            "    check_config(cfg, given)\n",
+                            '    cfg = {**LATER_FLAGS, **saved, **given, "save": str(run)}\n'),
+}
+
+
+def run_mutant(name, path, old, new):
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", "checkpoints", "results", "__pycache__",
+                                                                    ".pytest_cache", ".ruff_cache"))
+        target = tree / path
+        text = target.read_text()
+        if text.count(old) != 1:
+            return f"edit does not apply ({text.count(old)} matches in {path})"
+        target.write_text(text.replace(old, new))
+        # The wiring tests first, where most mutants fail, then the rest of the suite.
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                 "tests/test_wiring.py", "tests"], cwd=tree, capture_output=True, text=True,
+                                check=False)
+        lines = result.stdout.strip().splitlines()
+        failed = [line.split(" ")[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+        return f"caught by {(failed or lines[-1:] or ['?'])[0]}" if result.returncode else "SURVIVED"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="", help="run only the mutants whose names contain this (default: all)")
+    args = p.parse_args(argv)
+    survived = broken = 0
+    for name, (path, old, new) in MUTANTS.items():
+        if args.only not in name:
+            continue
+        t0 = time.time()
+        verdict = run_mutant(name, path, old, new)
+        survived += verdict == "SURVIVED"
+        broken += verdict.startswith("edit")
+        print(f"{name:40s} {verdict} ({time.time() - t0:.0f} s)", flush=True)
+    return 2 if broken else 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
