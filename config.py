@@ -45,7 +45,8 @@ DEFAULTS = {
     "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
     "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
     "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
-    "save": None, "max_batches": None, "max_minutes": None, "log_interval": 200, "plot": False,
+    "save": None, "max_batches": None, "max_minutes": None, "checkpoint_every": None, "log_interval": 200,
+    "plot": False,
 }
 # AWD-LSTM's training defaults (the original code's), applied under --model awd-lstm.
 AWD_DEFAULTS = {
@@ -86,10 +87,11 @@ PRESETS = {
 }
 DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 # Flags that may change when a run is resumed; the rest would make it a different run.
-RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "log_interval",
-             "plot", "lstm_kernel"}
+RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "checkpoint_every",
+             "log_interval", "plot", "lstm_kernel"}
 # Flags added after runs were first saved, with the value that those older runs used.
-LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto"}
+LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto",
+               "checkpoint_every": None}
 # Flags that --finetune may not change: they define the model being fine-tuned.
 MODEL_FLAGS = {"data", "level", *BASELINE_MODEL, *AWD_MODEL}
 # Kinds of run with their own defaults, as (awd, char), named as --help names them.
@@ -213,6 +215,9 @@ def add_run_flags(g):
     add(g, "max_batches", "train at most this many batches per epoch (for smoke runs)", type=int)
     add(g, "max_minutes", "stop after this much training time: the epoch under way is cut short, "
                           "validated and saved", type=float)
+    add(g, "checkpoint_every", "also write last.pt every this many minutes in the middle of an epoch, with "
+                               "everything an exact resume needs, so that a killed run loses at most that much",
+        type=float)
     add(g, "log_interval", "batches between progress-bar updates (each costs a host sync)", type=int)
     add(g, "plot", "when the run ends, draw its loss and accuracy curves into <run>/curves.png",
         action=argparse.BooleanOptionalAction)
@@ -253,7 +258,7 @@ def check_config(cfg, given):
     for key in ("epochs", "batch_size", "eval_batch_size", "bptt", "log_interval", "nonmono"):
         if cfg[key] < 1:
             raise ConfigError(f"{flag(key)} must be at least 1, got {cfg[key]}")
-    for key in ("max_batches", "max_minutes"):
+    for key in ("max_batches", "max_minutes", "checkpoint_every"):
         if cfg[key] is not None and not cfg[key] > 0:
             raise ConfigError(f"{flag(key)} must be positive, got {cfg[key]} (leave it out for no limit)")
     if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":

@@ -9,7 +9,9 @@
 The run directory gets model.pt (best validation loss; averaged weights once NT-ASGD averages),
 last.pt (latest state, for --resume), metrics.jsonl (one line per epoch), config.json and, with --plot,
 curves.png.
-Ctrl-C stops after the current batch and saves last.pt; --resume continues from exactly there.
+Ctrl-C or SIGTERM stops after the current batch and saves last.pt; --resume continues from exactly
+there. With --checkpoint-every MINUTES, last.pt is also written mid-epoch, so that a run killed
+outright (SIGKILL, power loss) resumes from its latest checkpoint with the same results.
 """
 import json
 import math
@@ -66,21 +68,26 @@ class TrainState:
 
 
 class StopOnInterrupt:
-    """The first Ctrl-C asks the loop to stop after the current batch and save; a second aborts."""
+    """The first Ctrl-C or SIGTERM (what schedulers and shutdowns send) asks the loop to stop
+    after the current batch and save; a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
         self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
     def handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: saving after this batch (press again to abort without saving)", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: saving after this batch (send it again to abort without saving)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def make_optimizer(model, cfg):
@@ -159,7 +166,7 @@ class Run:
         self.train_data = batchify(self.corpus.train, cfg["batch_size"], self.device)
         self.val_data = batchify(self.corpus.valid, cfg["eval_batch_size"], self.device)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.mark = time.time()  # state.seconds counts up to here
+        self.mark = self.saved_at = time.time()  # state.seconds counts up to mark
 
     def restore(self, ckpt, averaging_mode):
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -186,6 +193,13 @@ class Run:
         ckpt = build_checkpoint(self.model, self.optimizer, self.cfg, self.corpus, asdict(self.state),
                                 self.averaging.state_dict(with_average=last), hidden, self.rng_state())
         save_checkpoint(ckpt, self.dir / name)
+        if last:
+            self.saved_at = time.time()
+
+    def checkpoint_due(self):
+        every = self.cfg.get("checkpoint_every")
+        return every is not None and time.time() - self.saved_at >= 60 * every
+
 
     def tick(self):
         """Fold the time since the last tick into state.seconds."""
@@ -253,6 +267,11 @@ def train_epoch(run, should_stop):
             bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}")
         if stop:
             break
+        if run.checkpoint_due():  # mid-epoch, as a stop would save
+            checked_mean(loss_sum, state)
+            state.train_loss_sum = loss_sum.item()
+            run.tick()
+            run.save(LAST)
     bar.close()
     checked_mean(loss_sum, state)
     state.train_loss_sum = loss_sum.item()

@@ -1,7 +1,11 @@
 import itertools
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import checkpoint
 import evaluate
 import train
 from data import batchify, load_corpus
-from helpers import TINY, assert_same_weights, metrics, weights
+from helpers import AWD_TINY, ROOT, TINY, assert_same_weights, metrics, weights
 
 
 def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
@@ -117,3 +121,36 @@ def test_a_nan_loss_stops_the_run_with_advice(corpus_dir, tmp_path, monkeypatch,
     monkeypatch.setattr(train, "train_step", nan_step)
     assert train.main(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), "--epochs", "1", *TINY]) == 2
     assert "training loss is nan" in capsys.readouterr().err
+
+
+def checkpoint_mid_epoch(run):
+    """last.pt's state if it was written in the middle of an epoch, else None."""
+    try:
+        state = torch.load(run / "last.pt", weights_only=True)["state"]
+    except (OSError, RuntimeError, EOFError):  # not there yet
+        return None
+    return state if state["position"] > 0 else None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_killed_after_a_periodic_checkpoint_resumes_to_the_same_result(corpus_dir, tmp_path, sig):
+    """A run in its own process writes last.pt mid-epoch (--checkpoint-every), is killed there,
+    and is resumed: it ends with the metrics and weights of a run that was never stopped."""
+    common = ["--data", str(corpus_dir), *AWD_TINY, "--epochs", "2", "--checkpoint-every", "1e-9"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train.main([*common, "--save", str(straight)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as this process runs
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, "--save", str(killed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while checkpoint_mid_epoch(killed) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err
+    saved = checkpoint_mid_epoch(killed)
+    assert saved is not None and saved["epoch"] < 2, "the run was not stopped in the middle of an epoch"
+    assert train.main(["--resume", str(killed)]) == 0
+    assert metrics(killed) == metrics(straight)
+    for name in ("last.pt", "model.pt"):
+        assert_same_weights(weights(killed, name), weights(straight, name))
