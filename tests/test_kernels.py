@@ -115,6 +115,23 @@ def test_accuracy_on_a_hand_made_example():
     assert nats.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_accuracy_breaks_ties_as_argmax_does():
+    """Logits with many ties at the maximum (bf16 logits often tie): a token counts as correct
+    only when its target is the first maximum of its row, as torch.argmax has it."""
+    g = torch.Generator().manual_seed(0)
+    vocab, n = 7, 400
+    features = torch.randint(0, 3, (n, vocab), generator=g).float()  # each row its own logits
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    weight, bias = torch.eye(vocab), torch.zeros(vocab)
+    first_max, top = features.argmax(1), features.amax(1)
+    tied = (features == top[:, None]).sum(1) > 1
+    target_on_top = features.gather(1, targets[:, None])[:, 0] == top
+    assert (tied & (first_max == targets)).any()  # the target is the first of a tie: correct
+    assert (tied & target_on_top & (first_max != targets)).any()  # a later one: not correct
+    _, correct = linear_scores(features, weight, bias, targets, rows=64)
+    assert correct.item() == (first_max == targets).sum().item()
+
+
 def test_a_kept_workspace_is_reused_and_gives_the_same_results(decoder_problem):
     workspace = Workspace()
     first = linear_scores(*decoder_problem, rows=128, workspace=workspace)
