@@ -8,8 +8,13 @@ import bench
 
 def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "WT2_VOCAB", 1000)  # random tokens over a small vocabulary: fast
-    ceiling = bench.matmul_ceiling
-    monkeypatch.setattr(bench, "matmul_ceiling", lambda device, dtype: ceiling(device, dtype, size=512))
+    speed, timed = bench.matmul_speed, []
+
+    def small_matmuls(device, dtype, m, k, n):  # note each shape, time a small one
+        timed.append((m, k, n))
+        return speed(device, dtype, 64, 64, 64)
+
+    monkeypatch.setattr(bench, "matmul_speed", small_matmuls)
     out = tmp_path / "bench.json"
     argv = ["--config", "lstm-small", "--data", str(tmp_path / "absent"), "--dtype", "fp32", "--steps", "2",
             "--eval-steps", "1", "--windows", "2", "--warmup", "1", "--json", str(out),
@@ -34,6 +39,10 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
         assert run["ratio_ours_to_plain"]["train"] == pytest.approx(
             run["ours"]["train"]["tokens_per_s"] / run["plain"]["train"]["tokens_per_s"], abs=1e-3)
     assert run["ours"]["parameters"] == run["plain"]["parameters"]
+    # The ceiling is the best of square matmuls and the model's own GEMMs (batch 20 x bptt 35).
+    assert {(2048,) * 3, (4096,) * 3, (700, 200, 800), (20, 200, 800), (700, 200, 1000)} <= set(timed)
+    assert len(run["matmul_gflops"]) == len(timed) == 7
+    assert run["matmul_ceiling_gflops"] == max(run["matmul_gflops"].values())
 
 
 def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monkeypatch):
