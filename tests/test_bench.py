@@ -61,3 +61,14 @@ def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monke
         assert r["speedup_own"] == pytest.approx(r["fused_ms"] / r["own_ms"], rel=0.01)
     assert bench_lstm.main(["--reps", "1", "--dtype", "fp32", "--json", str(out)]) == 0
     assert not any(r["auto_picks_own"] for r in json.loads(out.read_text())["layers"])
+
+
+def test_bench_lstm_times_the_forward_alone_at_evaluation_shapes(tmp_path, monkeypatch):
+    import bench_lstm
+    monkeypatch.setattr(bench_lstm, "EVAL_SHAPES", [("eval", 6, 2, 4, 8)])
+    out = tmp_path / "eval.json"
+    assert bench_lstm.main(["--reps", "1", "--forward-only", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["layers"]
+    assert report["forward_only"] and row["name"] == "eval" and not row["auto_picks_own"]
+    assert row["fused_ms"] > 0 and row["own_ms"] > 0
