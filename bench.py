@@ -224,9 +224,9 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=CONFIGS, default="lstm-small", help="model size to time (default: lstm-small)")
-    p.add_argument("--data", default=str(Path(__file__).resolve().parent.parent / "shared" / "data" / "wikitext-2"),
-                   help="corpus whose training batches are fed (default: ../shared/data/wikitext-2; "
-                        "random tokens if missing)")
+    p.add_argument("--data", default="wikitext-2",
+                   help="corpus whose training batches are fed (default: the bundled wikitext-2; "
+                        "random tokens if it cannot be loaded)")
     p.add_argument("--dtype", choices=DTYPES, nargs="+", default=["fp32"],
                    help="precisions to time, in this order, in one process (default: fp32)")
     p.add_argument("--steps", type=int, default=30, help="training batches per timed window (default: 30)")

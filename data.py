@@ -1,10 +1,11 @@
 """Corpora for word- and character-level language modeling: load, tokenize, build a
 vocabulary, cache, batch.
 
-A corpus comes from the Hugging Face hub (`--data wikitext-2`, the default; `tinyshakespeare`),
-from a local folder holding train.txt / valid.txt / test.txt (or wiki.{train,valid,test}.tokens),
-or, at character level, from one plain text file cut into contiguous splits (split_text). All
-routes tokenize the same way:
+A corpus comes from the copies shipped in data/ (`--data wikitext-2`, the default, and
+`tinyshakespeare`: no network needed), from the Hugging Face hub (`wikitext-103`, `ptb`, or
+`hub:NAME` for any of HUB_DATASETS), from a local folder holding train.txt / valid.txt / test.txt
+(or wiki.{train,valid,test}.tokens), or, at character level, from one plain text file cut into
+contiguous splits (split_text). All routes tokenize the same way:
 
     word level, the convention of AWD-LSTM and pytorch/examples: every line is split on
     whitespace and gets one <eos> appended, empty lines included; the vocabulary is the training
@@ -13,6 +14,7 @@ routes tokenize the same way:
     character level: every character is a token, newlines included; the vocabulary is the
     training split's characters, sorted; a valid/test character missing from it is an error.
 """
+import gzip
 import hashlib
 import os
 import pickle
@@ -33,6 +35,18 @@ HUB_DATASETS = {
     "ptb": ("ptb-text-only/ptb_text_only", "penn_treebank", "sentence"),
     # One row per split, cut from char-rnn's input.txt by the same rule as split_text.
     "tinyshakespeare": ("karpathy/tiny_shakespeare", None, "text"),
+}
+# Corpora shipped in data/, gzipped and read in place, so that the defaults need no network:
+# --data NAME -> (folder, {split or "all": (file, sha256 of its uncompressed text)}). The files
+# and their provenance: data/README.md.
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+BUNDLED = {
+    "wikitext-2": ("wikitext-2", {
+        "train": ("train.txt.gz", "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f"),
+        "valid": ("valid.txt.gz", "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"),
+        "test": ("test.txt.gz", "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0")}),
+    "tinyshakespeare": ("tinyshakespeare", {
+        "all": ("input.txt.gz", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")}),
 }
 LEVELS = ("word", "char")
 HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
@@ -196,23 +210,59 @@ def load_local(path, level="word"):
     h = hashlib.sha256(f"v{CACHE_VERSION}|{level}".encode())
     for p in paths.values():
         h.update(p.read_bytes())
-    fingerprint = h.hexdigest()[:32]
     source = str(path.resolve())  # absolute, so a checkpoint finds it from anywhere
+    return _cached_corpus(source, h.hexdigest()[:32], level,
+                          lambda: {name: read_text(p) for name, p in paths.items()})
+
+
+def _cached_corpus(source, fingerprint, level, read_texts):
+    """The corpus under `fingerprint` from the cache, or built from read_texts(): {split: text},
+    or {"all": text} for one text to cut by split_text."""
     corpus = _load_cached(fingerprint, source, level)
     if corpus is not None:
         return corpus
-    if single:
-        splits = split_text(read_text(path))
+    texts = read_texts()
+    if "all" in texts:
+        splits = split_text(texts["all"])
         for split, text in splits.items():
             if len(text) < 2:
-                raise DataError(f"{path} is too short: its {split} split has {len(text)} characters")
+                raise DataError(f"{source} is too short: its {split} split has {len(text)} characters")
     elif level == "char":
-        splits = {s: read_text(paths[s]) for s in SPLITS}
+        splits = texts
     else:
-        splits = {s: lines_of(read_text(paths[s])) for s in SPLITS}
+        splits = {s: lines_of(texts[s]) for s in SPLITS}
     corpus = build_corpus(splits, source, fingerprint, level)
     _store_cached(corpus)
     return corpus
+
+
+def read_bundled(name):
+    """{split or "all": text} of a corpus shipped in data/, each file checked against its
+    recorded sha256."""
+    folder, files = BUNDLED[name]
+    texts = {}
+    for split, (file, sha256) in files.items():
+        path = BUNDLED_DIR / folder / file
+        try:
+            raw = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as e:
+            raise DataError(f"cannot read the bundled {path}: {e}; restore it with git checkout -- {path}") from None
+        if hashlib.sha256(raw).hexdigest() != sha256:
+            raise DataError(f"the bundled {path} does not match its recorded checksum (damaged or changed); "
+                            f"restore it with git checkout -- {path}")
+        texts[split] = raw.decode("utf-8")
+    return texts
+
+
+def load_bundled(name, level="word"):
+    """A corpus shipped with the repository (BUNDLED), read from its gzipped files in place."""
+    folder, files = BUNDLED[name]
+    if "all" in files and level != "char":
+        raise DataError(f"{name} is one text, cut into splits only with --level char")
+    texts = read_bundled(name)  # checked at every load, cached or not
+    key = "|".join(sha for _, sha in files.values())
+    fingerprint = hashlib.sha256(f"v{CACHE_VERSION}|{level}|bundled|{key}".encode()).hexdigest()[:32]
+    return _cached_corpus(name, fingerprint, level, lambda: texts)
 
 
 def hub_host():
@@ -264,12 +314,16 @@ def load_hub(name, level="word"):
 
 
 def load_corpus(data, level="word"):
-    """--data value -> Corpus at `level` ("word" or "char"): a hub name from HUB_DATASETS, else a
-    local folder (or, at char level, a text file)."""
+    """--data value -> Corpus at `level` ("word" or "char"): a corpus bundled in data/
+    (wikitext-2, tinyshakespeare), a hub name from HUB_DATASETS (wikitext-103, ptb; "hub:NAME"
+    reaches the hub for a bundled one too), else a local folder (or, at char level, a text file)."""
     if level not in LEVELS:
         raise DataError(f"unknown level {level!r}: choose one of {', '.join(LEVELS)}")
-    if data in HUB_DATASETS and not Path(data).exists():
-        return load_hub(data, level)
+    if data in BUNDLED and not Path(data).exists():
+        return load_bundled(data, level)
+    hub_name = data.removeprefix("hub:")
+    if hub_name in HUB_DATASETS and not Path(data).exists():
+        return load_hub(hub_name, level)
     return load_local(data, level)
 
 

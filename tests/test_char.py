@@ -57,13 +57,14 @@ def test_valid_plus_test_is_the_last_ten_percent(tmp_path):
     assert tail == text[int(len(text) * 0.9):]
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare not present")
-def test_tiny_shakespeare_splits_match_the_hub():
-    corpus = load_corpus(str(SHAKESPEARE), level="char")
+def test_bundled_tiny_shakespeare_splits_match_the_hub():
+    corpus = load_corpus("tinyshakespeare", level="char")
     assert [corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()] == [1_003_854, 55_770, 55_770]
     assert len(corpus.itos) == 65
     first_valid = "".join(corpus.itos[i] for i in corpus.valid[:12])
-    assert first_valid == SHAKESPEARE.read_text()[1_003_854:1_003_866]
+    assert first_valid == data.read_bundled("tinyshakespeare")["all"][1_003_854:1_003_866]
+    if SHAKESPEARE.exists():  # the same text as the verified copy
+        assert torch.equal(corpus.split("valid+test"), load_corpus(str(SHAKESPEARE), level="char").split("valid+test"))
 
 
 def test_hub_tiny_shakespeare_matches_the_local_file(tmp_path, monkeypatch):
@@ -74,7 +75,7 @@ def test_hub_tiny_shakespeare_matches_the_local_file(tmp_path, monkeypatch):
                                  for s, hub in (("train", "train"), ("valid", "validation"), ("test", "test"))})
     monkeypatch.setattr(data, "hub_reachable", lambda host: True)
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, config: fake)
-    hub, local = load_corpus("tinyshakespeare", level="char"), load_corpus(str(path), level="char")
+    hub, local = load_corpus("hub:tinyshakespeare", level="char"), load_corpus(str(path), level="char")
     assert hub.itos == local.itos and hub.level == "char"
     for split in ("train", "valid", "test"):
         assert torch.equal(hub.split(split), local.split(split))

@@ -1,3 +1,6 @@
+import gzip
+import shutil
+
 import pytest
 import torch
 
@@ -74,7 +77,7 @@ def test_hub_route_tokenizes_like_the_local_route(tmp_path, monkeypatch):
                                  for s, v in lines.items()})
     monkeypatch.setattr(data, "hub_reachable", lambda host: True)
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, config: fake)
-    hub = load_corpus("wikitext-2")
+    hub = load_corpus("hub:wikitext-2")
     local = load_corpus(str(write_corpus(tmp_path, lines["train"], lines["validation"], lines["test"])))
     assert hub.itos == local.itos
     for split in data.SPLITS:
@@ -91,21 +94,52 @@ def test_hub_without_network_gives_one_line_error_naming_the_local_route(monkeyp
     monkeypatch.setattr(data, "hub_reachable", lambda host: False)
     monkeypatch.setattr(datasets, "load_dataset", no_network)
     with pytest.raises(DataError, match="pass --data PATH to a folder with train.txt") as e:
-        load_corpus("wikitext-2")
+        load_corpus("wikitext-103")
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name, counts, vocab", [
-    ("wikitext-2", (2_088_628, 217_646, 245_569), 33_278),
-    ("ptb", (929_589, 73_760, 82_430), 10_000),
-])
-def test_standard_corpora_have_the_standard_counts(name, counts, vocab):
-    folder = SHARED_DATA / name
+WT2 = ((2_088_628, 217_646, 245_569), 33_278)
+
+
+def test_bundled_wikitext_2_has_the_standard_counts_offline(monkeypatch):
+    monkeypatch.setattr(data, "load_hub", lambda *a: pytest.fail("went to the hub"))
+    corpus = load_corpus("wikitext-2")
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == WT2[0]
+    assert len(corpus.itos) == WT2[1] and corpus.source == "wikitext-2"
+
+
+def test_bundled_wikitext_2_equals_the_verified_copy():
+    folder = SHARED_DATA / "wikitext-2"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not present")
+    bundled, shared = load_corpus("wikitext-2"), load_corpus(str(folder))
+    assert bundled.itos == shared.itos
+    for split in data.SPLITS:
+        assert torch.equal(bundled.split(split), shared.split(split))
+
+
+def test_a_damaged_bundled_file_is_a_one_line_error(tmp_path, monkeypatch):
+    copy = tmp_path / "data"
+    shutil.copytree(data.BUNDLED_DIR, copy)
+    monkeypatch.setattr(data, "BUNDLED_DIR", copy)
+    path = copy / "tinyshakespeare" / "input.txt.gz"
+    text = gzip.decompress(path.read_bytes()).replace(b"ROMEO", b"ROMAN", 1)
+    path.write_bytes(gzip.compress(text))
+    with pytest.raises(DataError, match="does not match its recorded checksum") as e:
+        load_corpus("tinyshakespeare", level="char")
+    assert "\n" not in str(e.value) and "git checkout" in str(e.value)
+    path.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="cannot read the bundled"):
+        load_corpus("tinyshakespeare", level="char")
+
+
+def test_ptb_has_the_standard_counts():
+    folder = SHARED_DATA / "ptb"
     if not folder.is_dir():
         pytest.skip(f"{folder} is not present")
     corpus = load_corpus(str(folder))
-    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == counts
-    assert len(corpus.itos) == vocab
+    assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (929_589, 73_760, 82_430)
+    assert len(corpus.itos) == 10_000
 
 
 def test_batchify_lays_the_stream_out_in_columns():
