@@ -20,6 +20,9 @@ import torch
 
 from model import build_model, config_from_dict
 
+# The layout of a checkpoint dict; raised when a change would break reading older ones.
+# Checkpoints saved before the field existed are format 1.
+FORMAT = 1
 BEST = "model.pt"
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
@@ -56,9 +59,16 @@ def checkpoint_path(run, name=BEST):
 def load_checkpoint(run, name=BEST, map_location="cpu"):
     path = checkpoint_path(run, name)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_config", "train_config"} <= ckpt.keys():
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py")
+    if ckpt.get("format", 1) > FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {ckpt['format']}, newer than this code reads "
+                              f"({FORMAT}); update this repository to read it")
+    return ckpt
 
 
 def load_model(run, device="cpu", name=BEST):
@@ -79,6 +89,7 @@ def build_checkpoint(model, optimizer, cfg, corpus, state, averaging, hidden=Non
     training state and the NT-ASGD state); hidden is the recurrent state that the next batch
     continues from (mid-epoch only); rng holds the random generators' states."""
     return {
+        "format": FORMAT,
         "model": model.state_dict(),
         "model_config": model.cfg.to_dict(),
         "optimizer": optimizer.state_dict(),

@@ -154,3 +154,23 @@ def test_a_run_killed_after_a_periodic_checkpoint_resumes_to_the_same_result(cor
     assert metrics(killed) == metrics(straight)
     for name in ("last.pt", "model.pt"):
         assert_same_weights(weights(killed, name), weights(straight, name))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("newer format", "has checkpoint format 2, newer than this code reads (1)"),
+    ("not a checkpoint", "is not a checkpoint written by train.py"),
+    ("truncated", "cannot read checkpoint"),
+])
+def test_unusable_checkpoints_are_one_line_errors(trained_run, tmp_path, case, message, capsys):
+    run, _ = trained_run
+    path = tmp_path / "model.pt"
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    if case == "newer format":
+        torch.save({**ckpt, "format": 2}, path)
+    elif case == "not a checkpoint":
+        torch.save({"weights": ckpt["model"]}, path)
+    else:
+        path.write_bytes((run / "model.pt").read_bytes()[:1000])
+    assert evaluate.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
