@@ -81,9 +81,10 @@ def run_mutant(name, path, old, new):
             return f"edit does not apply ({text.count(old)} matches in {path})"
         target.write_text(text.replace(old, new))
         # The wiring tests first, where most mutants fail, then the rest of the suite.
-        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                 "tests/test_wiring.py", "tests"], cwd=tree, capture_output=True, text=True,
-                                check=False)
+        files = sorted(str(p.relative_to(tree)) for p in (tree / "tests").glob("test_*.py"))
+        files.sort(key=lambda f: f != "tests/test_wiring.py")
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files],
+                                cwd=tree, capture_output=True, text=True, check=False)
         lines = result.stdout.strip().splitlines()
         failed = [line.split(" ")[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
         return f"caught by {(failed or lines[-1:] or ['?'])[0]}" if result.returncode else "SURVIVED"
