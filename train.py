@@ -155,7 +155,8 @@ class Run:
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.state = TrainState(lr=cfg["lr"])
-        averaging_mode = "finetune" if mode == "finetune" else "trigger" if cfg["optimizer"] == "nt-asgd" else "off"
+        finetuning = mode == "finetune" or cfg.get("finetune")  # also when a fine-tuning run resumes
+        averaging_mode = "finetune" if finetuning else "trigger" if cfg["optimizer"] == "nt-asgd" else "off"
         self.averaging = Averaging(averaging_mode, cfg["nonmono"])
         self.lengths = torch.Generator().manual_seed(cfg["seed"])  # variable-BPTT lengths, apart from masks
         self.hidden = None  # the recurrent state the next batch continues from
@@ -199,7 +200,6 @@ class Run:
     def checkpoint_due(self):
         every = self.cfg.get("checkpoint_every")
         return every is not None and time.time() - self.saved_at >= 60 * every
-
 
     def tick(self):
         """Fold the time since the last tick into state.seconds."""

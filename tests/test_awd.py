@@ -336,6 +336,10 @@ def test_finetune_averages_from_the_start_and_stops_on_the_criterion(corpus_dir,
     last = torch.load(tuned / "last.pt", weights_only=True)
     assert last["averaging"]["started"] == 0 and last["state"]["finished"]
     assert last["train_config"]["optimizer"] == "nt-asgd" and last["train_config"]["finetune"] == str(run)
+    cfg, ckpt, mode = resolve_config(["--resume", str(tuned)])  # resumed, it is still fine-tuning
+    assert train.Run(cfg, ckpt, mode).averaging.mode == "finetune"
+    del ckpt["averaging"]["mode"]  # as in checkpoints saved before the mode was kept
+    assert train.Run(cfg, ckpt, mode).averaging.mode == "finetune"
 
 
 # --- the model as a whole: presets, parameter counts, ablation switches ---------------------
