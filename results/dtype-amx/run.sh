@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # bf16 against fp32 at equal steps, two seeds per arm, reduced-size AWD-LSTM on WikiText-2, one core per run.
-cd /work/main
 for seed in 1111 2222; do
   for dt in fp32 bf16; do core=$([ $dt = fp32 ] && echo 0 || echo 1)
     OMP_NUM_THREADS=1 taskset -c $core python train.py --model awd-lstm --data wikitext-2 \
