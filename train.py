@@ -268,11 +268,15 @@ def train_epoch(run, should_stop):
         if stop:
             break
         if run.checkpoint_due():  # mid-epoch, as a stop would save
-            checked_mean(loss_sum, state)
-            state.train_loss_sum = loss_sum.item()
+            keep_loss_sum(loss_sum, state)
             run.tick()
             run.save(LAST)
     bar.close()
+    keep_loss_sum(loss_sum, state)
+
+
+def keep_loss_sum(loss_sum, state):
+    """Store the epoch's summed loss in the state that checkpoints save, after checking it."""
     checked_mean(loss_sum, state)
     state.train_loss_sum = loss_sum.item()
 
