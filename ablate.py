@@ -27,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import cli
 import evaluate
 import train
 from checkpoint import LAST, METRICS, has_run, load_checkpoint, read_metrics
@@ -102,7 +103,7 @@ def write_table(rows, out, header):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="corpus folder with train.txt/valid.txt/test.txt")
     p.add_argument("--train-lines", type=int, default=None,
                    help="train on only the first N lines of the training split (default: all)")

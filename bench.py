@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import cli
 import train
 from config import base_defaults, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
@@ -222,7 +223,7 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=CONFIGS, default="lstm-small", help="model size to time (default: lstm-small)")
     p.add_argument("--data", default="wikitext-2",
                    help="corpus whose training batches are fed (default: the bundled wikitext-2; "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 from kernels import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
 
 # (name, steps, batch, input, hidden)
@@ -68,7 +69,7 @@ def time_layer(steps, batch, inputs, hidden, reps, device, dtype, forward_only=F
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="compute precision (default: bf16)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per shape (default: 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

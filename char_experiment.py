@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 import evaluate
 import generate
 import train
@@ -127,7 +128,7 @@ def report(runs_dir, out):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/tinyshakespeare/input.txt",
                    help="Tiny Shakespeare: the local input.txt or the hub name tinyshakespeare "
                         "(default: ../shared/data/tinyshakespeare/input.txt)")

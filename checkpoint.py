@@ -14,10 +14,12 @@ intact. This module is the only one that knows these names and formats.
 import json
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
 
+import faults
 from model import build_model, config_from_dict
 
 # The layout of a checkpoint dict; raised when a change would break reading older ones.
@@ -34,11 +36,26 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(ckpt, path):
+    """Write ckpt to path atomically; a failed write (full disk, read-only folder) is a
+    CheckpointError and leaves the previous file as it was."""
+    write_atomically(path, lambda f: torch.save(ckpt, f), "saved-tmp")
+
+
+def write_atomically(path, write, fault=None):
+    """write(f) into a temporary file beside path, flushed to disk, then renamed over path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(ckpt, tmp)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if fault:
+            faults.point(fault)
         os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} "
+                              "is untouched") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,7 +76,9 @@ def checkpoint_path(run, name=BEST):
 def load_checkpoint(run, name=BEST, map_location="cpu"):
     path = checkpoint_path(run, name)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. about a foreign pickle's protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
@@ -118,16 +137,22 @@ def checkpoint_level(ckpt):
 
 
 def read_metrics(run_dir):
-    """The rows of metrics.jsonl, one dict per finished epoch (empty if there are none yet)."""
+    """The rows of metrics.jsonl, one dict per finished epoch (empty if there are none yet). A
+    last line without its newline, torn by a kill in the middle of an append, is left out."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    text = path.read_text()
+    lines = text.split("\n")[:-1]  # an unterminated last piece is torn
+    return [json.loads(line) for line in lines if line]
 
 
 def append_metrics(run_dir, row):
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(Path(run_dir) / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise CheckpointError(f"cannot write {Path(run_dir) / METRICS}: {e.strerror or e}") from None
 
 
 def truncate_metrics(run_dir, epochs_done):
@@ -135,8 +160,10 @@ def truncate_metrics(run_dir, epochs_done):
     path = Path(run_dir) / METRICS
     if path.exists():
         rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epochs_done]
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def write_config(run_dir, cfg):
-    (Path(run_dir) / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    text = json.dumps(cfg, indent=2) + "\n"
+    write_atomically(Path(run_dir) / CONFIG, lambda f: f.write(text.encode()))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 from checkpoint import BEST, LAST, load_checkpoint
 from data import LEVELS
 from kernels import DTYPES, LSTM_KERNELS, bf16_is_fast
@@ -42,6 +43,7 @@ DEFAULTS = {
     **BASELINE_MODEL, **dict.fromkeys(AWD_ONLY),
     "data": "wikitext-2", "level": "word",
     "optimizer": "sgd", "lr": None, "schedule": None, "warmup": 0.0, "anneal": 4.0, "nonmono": 5,
+    "average_start": None,
     "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
     "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
     "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
@@ -91,7 +93,7 @@ RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minut
              "log_interval", "plot", "lstm_kernel"}
 # Flags added after runs were first saved, with the value that those older runs used.
 LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto",
-               "checkpoint_every": None}
+               "checkpoint_every": None, "average_start": None}
 # Flags that --finetune may not change: they define the model being fine-tuned.
 MODEL_FLAGS = {"data", "level", *BASELINE_MODEL, *AWD_MODEL}
 # Kinds of run with their own defaults, as (awd, char), named as --help names them.
@@ -134,7 +136,7 @@ def add(group, key, help, **kw):
 
 
 def get_parser(description=None):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(p.add_argument_group("data and model"))
     add_optimization_flags(p.add_argument_group("optimization"))
     add_run_flags(p.add_argument_group("run"))
@@ -179,6 +181,9 @@ def add_optimization_flags(g):
     add(g, "warmup", "cosine/onecycle: fraction of training spent warming the lr up", type=float)
     add(g, "anneal", "plateau: divide the lr by this when validation loss does not improve", type=float)
     add(g, "nonmono", "nt-asgd: the non-monotone window (epochs) of the averaging trigger", type=int)
+    add(g, "average_start", "average the weights after every step from this fraction of the planned training "
+                            "on (of --epochs, or of --max-minutes when that ends first), with any optimizer; "
+                            "replaces nt-asgd's trigger", type=float)
     add(g, "adam_betas", "adam/adamw: beta1 beta2", type=float, nargs=2, metavar=("B1", "B2"))
     add(g, "wdecay", "weight decay", type=float)
     add(g, "clip", "clip the gradient norm to this (0: no clipping)", type=float)
@@ -255,9 +260,18 @@ def check_config(cfg, given):
     if wrong:
         raise ConfigError(f"{flag(wrong[0])} does not apply to --model {cfg['model']}"
                           + ("; use --dropout-input/-hidden/-output" if wrong[0] == "dropout" else ""))
-    for key in ("epochs", "batch_size", "eval_batch_size", "bptt", "log_interval", "nonmono"):
+    for key in ("emsize", "nhid", "nlayers", "epochs", "batch_size", "eval_batch_size", "bptt", "log_interval",
+                "nonmono"):
         if cfg[key] < 1:
             raise ConfigError(f"{flag(key)} must be at least 1, got {cfg[key]}")
+    for key in ("dropout", *AWD_ONLY):
+        if isinstance(cfg.get(key), float) and not 0 <= cfg[key] < 1:
+            raise ConfigError(f"{flag(key)} must be in [0, 1), got {cfg[key]}")
+    if not cfg["lr"] > 0:
+        raise ConfigError(f"--lr must be positive, got {cfg['lr']}")
+    for key in ("clip", "wdecay", "alpha", "beta"):
+        if not cfg[key] >= 0:
+            raise ConfigError(f"{flag(key)} must not be negative, got {cfg[key]}")
     for key in ("max_batches", "max_minutes", "checkpoint_every"):
         if cfg[key] is not None and not cfg[key] > 0:
             raise ConfigError(f"{flag(key)} must be positive, got {cfg[key]} (leave it out for no limit)")
@@ -266,6 +280,10 @@ def check_config(cfg, given):
                           "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
     if not 0 <= cfg["warmup"] < 1:
         raise ConfigError(f"--warmup must be in [0, 1), got {cfg['warmup']}")
+    if cfg["average_start"] is not None and not 0 <= cfg["average_start"] < 1:
+        raise ConfigError(f"--average-start must be in [0, 1), got {cfg['average_start']}")
+    if cfg.get("finetune") and "average_start" in given:
+        raise ConfigError("--average-start does not apply to --finetune, which averages from its first step")
 
 
 def model_config(cfg, vocab_size):
@@ -296,7 +314,7 @@ def finetune_config(given, saved, run):
     if fixed:
         raise ConfigError(f"{flag(fixed[0])} cannot change with --finetune: the model comes from {run}")
     lr = saved["lr"] if saved["optimizer"] in ("sgd", "nt-asgd") else DEFAULT_LR["nt-asgd"]
-    cfg = {**LATER_FLAGS, **saved, "optimizer": "nt-asgd", "schedule": "constant", "lr": lr,
+    cfg = {**LATER_FLAGS, **saved, "optimizer": "nt-asgd", "schedule": "constant", "lr": lr, "average_start": None,
            "save": str(Path(run)) + "-finetune", **given, "finetune": str(run)}
     check_config(cfg, given)
     return cfg

@@ -193,8 +193,11 @@ def lines_of(text):
 
 
 def read_text(path):
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise DataError(f"{path} holds NUL bytes: it is a binary file, not text")
     try:
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 

@@ -4,19 +4,28 @@ for character-level runs).
     python evaluate.py checkpoints/<run>                  # test split, batch size 1
     python evaluate.py checkpoints/<run> --split valid --json valid.json
     python evaluate.py checkpoints/<char-run> --split valid+test   # the last 10%, nanoGPT's val split
+    python evaluate.py checkpoints/<run> --cache            # with the continuous cache pointer
+    python evaluate.py checkpoints/<run> --dynamic-eval     # with dynamic evaluation
 """
 import argparse
 import json
 import math
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
+import cli
+import faults
+from cache import CACHE_DEFAULTS, PointerCache, check_settings
 from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
 from data import DataError, batchify, get_batch, load_corpus
+from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, gradient_statistics
+from dyneval import check_settings as check_dynamic
 from kernels import DTYPES, Workspace, autocast
 
 
@@ -34,10 +43,10 @@ class Scores(NamedTuple):
         return math.exp(self.loss)
 
 
-def score_batch(model, x, y, hidden, dtype, workspace=None):
+def score_batch(model, x, y, hidden, dtype, workspace=None, cache=None):
     """One window without gradients: (summed nats, correct predictions, new hidden state)."""
     with autocast(x.device, dtype):
-        return model.score(x, y, hidden, workspace)
+        return model.score(x, y, hidden, workspace, cache)
 
 
 EVAL_TOKENS = 20_000  # tokens per forward call of evaluation, whatever the batch size
@@ -51,13 +60,13 @@ def eval_window(batch_size):
 
 
 @torch.no_grad()
-def evaluate(model, source, dtype="fp32", window=None, progress=False):
+def evaluate(model, source, dtype="fp32", window=None, progress=False, cache=None):
     """Scores of a model over a batchified source, shape (rows, batch).
 
     The recurrent state is carried from one window to the next, so every token after the first
     of a column is predicted with the whole column before it as context, and the window length
     (default: eval_window) changes only how many tokens each forward call takes. One host sync
-    at the end.
+    at the end. A fresh cache.PointerCache mixes its cache into the predictions.
     """
     model.eval()
     hidden = model.init_hidden(source.size(1))
@@ -69,7 +78,8 @@ def evaluate(model, source, dtype="fp32", window=None, progress=False):
                mininterval=0.5 if sys.stderr.isatty() else 60)
     for i in bar:
         x, y = get_batch(source, i, window)
-        n, c, hidden = score_batch(model, x, y, hidden, dtype, workspace)
+        n, c, hidden = score_batch(model, x, y, hidden, dtype, workspace, cache)
+        faults.point("validating")
         nats += n
         correct += c
     tokens = (source.size(0) - 1) * source.size(1)
@@ -77,7 +87,7 @@ def evaluate(model, source, dtype="fp32", window=None, progress=False):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
     p.add_argument("--split", choices=("test", "valid", "train", "valid+test"), default="test",
                    help="split to score; valid+test is the two joined, which for a text file cut by "
@@ -97,38 +107,153 @@ def get_parser():
                    help="fp32, or bf16 autocast (faster where the hardware has bf16; its logits are "
                         "rounded to bf16, so the loss can differ in the 3rd-4th digit) (default: fp32)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to FILE as JSON")
+    known = "; ".join(f"{name}: window {c.window}, theta {c.theta}, lambda {c.lam}"
+                      for name, c in CACHE_DEFAULTS.items())
+    g = p.add_argument_group("continuous cache pointer (Grave et al. 2017)")
+    g.add_argument("--cache", action="store_true",
+                   help="mix a cache of the recent outputs into the predictions (sets the default batch "
+                        "size to 1 for every split, the published protocol)")
+    g.add_argument("--cache-window", type=int, default=None,
+                   help="previous positions in the cache (default: the original README's value for the corpus)")
+    g.add_argument("--cache-theta", type=float, default=None,
+                   help="sharpness of the cache's attention (default: ditto)")
+    g.add_argument("--cache-lambda", type=float, default=None, help="weight of the cache in the mixture (default: "
+                                                                    f"ditto; {known})")
+    g.add_argument("--cache-original-gaps", action="store_true",
+                   help="leave out the cache where the original pointer.py does: the first window targets "
+                        "of the split and the first target of each of its evaluation chunks")
+    d = DYNAMIC_DEFAULTS
+    g = p.add_argument_group("dynamic evaluation (Krause et al. 2018, RMS with decay to the trained weights)")
+    g.add_argument("--dynamic-eval", action="store_true",
+                   help="adapt the weights to the text while scoring it, one step per segment (sets the "
+                        "default batch size to 1 for every split, the published protocol)")
+    g.add_argument("--dyn-lr", type=float, default=None,
+                   help=f"step size eta (default: {d['wikitext-2'].lr:.3g} for wikitext-2, the paper's AWD-LSTM "
+                        "setting in the published code's current units; "
+                        f"{d['ptb'].lr:g} for ptb and other corpora, the published code's default)")
+    g.add_argument("--dyn-lambda", type=float, default=None,
+                   help=f"decay towards the trained weights (default: {d['wikitext-2'].lam:.3g} for wikitext-2, "
+                        f"{d['ptb'].lam:g} otherwise, from the same sources)")
+    g.add_argument("--dyn-epsilon", type=float, default=None,
+                   help=f"added to the RMS gradient (default: {d['wikitext-2'].epsilon:.3g} for wikitext-2, "
+                        f"{d['ptb'].epsilon:g} otherwise)")
+    g.add_argument("--dyn-bptt", type=int, default=5, help="tokens per segment, one update each (default: 5)")
+    g.add_argument("--dyn-stat-batches", type=int, default=None,
+                   help=f"segments of the training data ({STAT_BATCH_SIZE} columns x --dyn-bptt tokens) "
+                        "for the gradient statistics (default: all of it, as published)")
     return p
+
+
+def make_dynamic(args, data):
+    """The DynamicSettings that the flags ask for, or None; settings not given come from the
+    corpus's entry in DYNAMIC_DEFAULTS (PTB's, the published code's defaults, for other corpora)."""
+    if not args.dynamic_eval:
+        return None
+    known = DYNAMIC_DEFAULTS.get(Path(data.removeprefix("hub:")).name, DYNAMIC_DEFAULTS["ptb"])
+    given = {"lr": args.dyn_lr, "lam": args.dyn_lambda, "epsilon": args.dyn_epsilon}
+    settings = DynamicSettings(**{k: getattr(known, k) if v is None else v for k, v in given.items()},
+                               bptt=args.dyn_bptt)
+    problem = check_dynamic(settings, args.dyn_stat_batches)
+    if problem:
+        raise DataError(problem)
+    return settings
+
+
+def make_cache(args, data):
+    """The PointerCache that the flags ask for, or None; settings not given come from the
+    corpus's entry in CACHE_DEFAULTS."""
+    if not args.cache:
+        return None
+    known = CACHE_DEFAULTS.get(Path(data.removeprefix("hub:")).name)
+    given = (args.cache_window, args.cache_theta, args.cache_lambda)
+    if known is None and None in given:
+        raise DataError(f"no cache defaults for {data} (known: {', '.join(CACHE_DEFAULTS)}); give "
+                        "--cache-window, --cache-theta and --cache-lambda")
+    defaults = (known.window, known.theta, known.lam) if known else given
+    window, theta, lam = (v if v is not None else d for v, d in zip(given, defaults, strict=True))
+    problem = check_settings(window, theta, lam)
+    if problem:
+        raise DataError(problem)
+    if args.cache_original_gaps and (known is None or known.chunk is None):
+        raise DataError(f"--cache-original-gaps needs the original evaluation chunk, known for "
+                        f"{', '.join(CACHE_DEFAULTS)} only")
+    return PointerCache(window, theta, lam, known.chunk if args.cache_original_gaps else None)
+
+
+class Job(NamedTuple):
+    """What main() scores, and how."""
+    model: torch.nn.Module
+    ckpt: dict
+    level: str
+    source: torch.Tensor  # the split, batchified
+    window: int  # rows per forward call (plain and cache) or per update (dynamic evaluation)
+    cache: PointerCache = None
+    dynamic: DynamicSettings = None
+    stats_source: torch.Tensor = None  # the training data for dynamic evaluation's statistics
+
+
+def prepare(args):
+    """Load and check everything main() needs, with one-line errors (DataError, CheckpointError)."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, ckpt = load_model(args.run, device)
+    level, data = checkpoint_level(ckpt), args.data or ckpt["data"]
+    corpus = load_corpus(data, level)
+    check_vocab(corpus, ckpt)
+    cache, dynamic = make_cache(args, data), make_dynamic(args, data)
+    if cache and dynamic:
+        raise DataError("--cache and --dynamic-eval do not combine yet; run them one at a time")
+    if dynamic and args.window:
+        raise DataError("--window does not apply to --dynamic-eval, whose windows are --dyn-bptt tokens")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    batch_size = args.batch_size or (10 if args.split in ("valid", "train") and not (cache or dynamic) else 1)
+    window = dynamic.bptt if dynamic else args.window or eval_window(batch_size)
+    if batch_size < 1 or window < 1:
+        raise DataError("--batch-size and --window must be positive")
+    stats_source = None
+    if dynamic:
+        if len(corpus.train) < STAT_BATCH_SIZE * (dynamic.bptt + 1):
+            raise DataError(f"--dynamic-eval takes its gradient statistics from the training split, and {data} "
+                            f"has only {len(corpus.train):,} training tokens (it needs "
+                            f"{STAT_BATCH_SIZE * (dynamic.bptt + 1):,})")
+        stats_source = batchify(corpus.train, STAT_BATCH_SIZE, device)
+    source = batchify(corpus.split(args.split), batch_size, device)
+    return Job(model, ckpt, level, source, window, cache, dynamic, stats_source)
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model, ckpt = load_model(args.run, device)
-        level = checkpoint_level(ckpt)
-        corpus = load_corpus(args.data or ckpt["data"], level)
-        check_vocab(corpus, ckpt)
-        batch_size = args.batch_size or (10 if args.split in ("valid", "train") else 1)
-        window = args.window or eval_window(batch_size)
-        if batch_size < 1 or window < 1:
-            raise DataError("--batch-size and --window must be positive")
-        source = batchify(corpus.split(args.split), batch_size, device)
+        job = prepare(args)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
-    scores = evaluate(model, source, args.dtype, window, progress=True)
+    extra = {}
+    if job.dynamic:
+        ms = gradient_statistics(job.model, job.stats_source, job.dynamic.bptt, args.dyn_stat_batches, args.dtype,
+                                 progress=True)
+        extra["dynamic_eval"] = {**asdict(job.dynamic), "stat_batches": args.dyn_stat_batches,
+                                 "stat_seconds": round(time.time() - t0, 2)}
+        scores = Scores(*dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True))
+    else:
+        scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True, cache=job.cache)
+        if job.cache:
+            extra["cache"] = {"window": job.cache.window, "theta": job.cache.theta, "lambda": job.cache.lam,
+                              "original_gaps": job.cache.gaps}
     seconds = time.time() - t0
-    tokens = (source.size(0) - 1) * source.size(1)
-    result = {"run": str(args.run), "split": args.split, "level": level, "loss": scores.loss,
+    tokens, batch_size = (job.source.size(0) - 1) * job.source.size(1), job.source.size(1)
+    result = {"run": str(args.run), "split": args.split, "level": job.level, "loss": scores.loss,
               "ppl": scores.ppl, "accuracy": scores.accuracy, "tokens": tokens, "batch_size": batch_size,
-              "window": window, "dtype": args.dtype, "epoch": ckpt["state"]["epoch"], "seconds": round(seconds, 2)}
+              "window": job.window, "dtype": args.dtype, "epoch": job.ckpt["state"]["epoch"],
+              "seconds": round(seconds, 2), **extra}
     bits = ""
-    if level == "char":
+    if job.level == "char":
         result["bpc"] = scores.bits
         bits = f" | bpc {scores.bits:.4f}"
-    print(f"{args.split} loss {scores.loss:.4f} nats/{level}{bits} | ppl {scores.ppl:.2f} | "
-          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | window {window} | "
+    method = " | cache" if job.cache else " | dynamic evaluation" if job.dynamic else ""
+    print(f"{args.split} loss {scores.loss:.4f} nats/{job.level}{bits} | ppl {scores.ppl:.2f} | "
+          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | window {job.window}{method} | "
           f"{args.dtype} | {tokens / seconds:,.0f} tokens/s")
     if args.json:
         with open(args.json, "w") as f:

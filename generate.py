@@ -7,10 +7,13 @@ The prompt is read by the model first and printed as given. At word level <eos> 
 newline; at character level the characters are printed as they are.
 """
 import argparse
+import math
 import sys
 
 import torch
 
+import cli
+import faults
 from checkpoint import CheckpointError, checkpoint_level, load_model
 from data import EOS, UNK
 
@@ -44,6 +47,7 @@ def generate(model, prompt_ids, n, temperature=1.0, top_k=0, top_p=1.0, generato
         probs = torch.softmax(logits, -1)
         next_id = torch.multinomial(probs.cpu(), 1, generator=generator).item()
         sampled.append(next_id)
+        faults.point("sampling")
         context = torch.tensor([[next_id]], device=device)
     return sampled
 
@@ -83,7 +87,7 @@ def encode_prompt(prompt, stoi):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
     p.add_argument("--words", "--chars", dest="length", type=int, default=None,
                    help="number of tokens to sample, whichever of the two names is used: words for a "
@@ -103,8 +107,8 @@ def get_parser():
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    if not args.temperature > 0:
-        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    if not 0 < args.temperature < math.inf:
+        parser.error(f"--temperature must be > 0 and finite, got {args.temperature}")
     if (args.length or 0) < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
         parser.error("--words/--chars and --top-k must be >= 0 and --top-p in (0, 1]")
     try:

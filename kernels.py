@@ -293,10 +293,14 @@ def _argmax_hits_(scores, targets):
 
 
 @torch.no_grad()
-def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=None):
+def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=None, mix=None):
     """(summed cross-entropy in nats, number of correct argmax predictions) of the decoder over
     features (tokens, d) against targets (tokens,), as float64 scalars on the device. The logits
-    are made in the compute dtype (bf16 under autocast) and the log-softmax is taken in fp32."""
+    are made in the compute dtype (bf16 under autocast) and the log-softmax is taken in fp32.
+
+    mix(start, log_probs, targets), when given, scores each chunk instead, from its fp32
+    log-probabilities (which it may overwrite) and the index of its first row: it returns the
+    chunk's summed target log-likelihood and its correct predictions (e.g. cache.PointerCache)."""
     dtype = compute_dtype(features.device.type, features.dtype)
     features = features.to(dtype)
     _, w_t, b = _decoder_operands(weight, bias, dtype)
@@ -307,12 +311,18 @@ def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=No
     logits = workspace.matrix(*shape, dtype, features.device)
     log_probs = logits if dtype == torch.float32 else workspace.matrix(*shape, torch.float32, features.device)
     with torch.autocast(features.device.type, enabled=False):
-        for _, x, t in _chunks(features, targets, rows):
+        for start, x, t in _chunks(features, targets, rows):
             chunk_logits, chunk_log_probs = logits[:x.size(0)], log_probs[:x.size(0)]
             torch.addmm(b, x, w_t, out=chunk_logits)
             if log_probs is not logits:
                 chunk_log_probs.copy_(chunk_logits)
-            correct += _argmax_hits_(chunk_log_probs, t)  # in fp32, where amax reads faster than in bf16
-            torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
-            nats -= chunk_log_probs.gather(1, t[:, None]).sum()
+            if mix is None:
+                correct += _argmax_hits_(chunk_log_probs, t)  # in fp32, where amax reads faster than in bf16
+                torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
+                nats -= chunk_log_probs.gather(1, t[:, None]).sum()
+            else:
+                torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
+                log_likelihood, hits = mix(start, chunk_log_probs, t)
+                nats -= log_likelihood
+                correct += hits
     return nats, correct

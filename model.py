@@ -23,6 +23,7 @@ from torch import nn
 
 from kernels import (
     LSTM_KERNELS,
+    SCORE_ROWS,
     compute_dtype,
     fused_lstm,
     linear_cross_entropy,
@@ -231,13 +232,30 @@ class LanguageModel(nn.Module):
                                   targets.reshape(-1), workspace=workspace)
         return ce, out
 
-    @torch.no_grad()
-    def score(self, tokens, targets, hidden, workspace=None):
-        """(summed nats, correct argmax predictions, new hidden state) of one window, without
-        gradients; the sums are float64 scalars on the device (no host sync)."""
+    def scored_loss(self, tokens, targets, hidden, workspace=None):
+        """(mean cross-entropy with gradients, summed nats, correct predictions, LMOutput) of one
+        window: the loss that dynamic evaluation descends, and its score counted as score()
+        counts it."""
         out = self.features(tokens, hidden)
+        features, targets = out.dropped.flatten(0, 1), targets.reshape(-1)
+        with torch.no_grad():
+            nats, correct = linear_scores(features.detach(), self.decoder.weight, self.decoder.bias, targets,
+                                          workspace=workspace)
+        ce = linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, workspace=workspace)
+        return ce, nats, correct, out
+
+    @torch.no_grad()
+    def score(self, tokens, targets, hidden, workspace=None, cache=None):
+        """(summed nats, correct argmax predictions, new hidden state) of one window, without
+        gradients; the sums are float64 scalars on the device (no host sync). With a
+        cache.PointerCache, the predictions are its mixture, and the window joins its memory."""
+        out = self.features(tokens, hidden)
+        batch, rows = targets.size(1), SCORE_ROWS
+        mix = None
+        if cache is not None:  # the cache scores whole time steps: chunks of a multiple of the batch
+            mix, rows = cache.mixer(out.raw, targets), max(1, SCORE_ROWS // batch) * batch
         nats, correct = linear_scores(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
-                                      targets.reshape(-1), workspace=workspace)
+                                      targets.reshape(-1), rows, workspace, mix)
         return nats, correct, out.hidden
 
 

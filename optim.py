@@ -34,12 +34,14 @@ class Averaging:
     factor (ASGD steps with an eta that it computes from the lr at the end of the step before).
 
     mode:     "trigger" (nt-asgd: start averaging when the non-monotone criterion first holds),
-              "finetune" (average from the first step; stop when the criterion holds) or "off"
+              "scheduled" (start before the first step at or past a fixed fraction of the planned
+              training, train.py's --average-start; any optimizer), "finetune" (average from the
+              first step; stop when the criterion holds) or "off"
     nonmono:  the criterion's window, in epochs
     history:  validation loss of every finished epoch, oldest first (raw weights before the
               trigger, averaged weights after it)
-    started:  None until averaging starts; then the epoch after which it started (0 for
-              fine-tuning)
+    started:  None until averaging starts; then the number of epochs finished when it started
+              (0 for fine-tuning)
     count:    iterates in the running average
     average:  parameter name -> running mean of that parameter over the `count` iterates
     """

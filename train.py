@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
+import faults
 from checkpoint import (
     BEST,
     LAST,
@@ -51,6 +52,8 @@ from model import (
 )
 from optim import Averaging, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
 from plot import PlotError, plot_runs
+
+MAX_LOSS = 700.0  # nats per token; e**700 is near the float64 limit, and a loss this large has diverged
 
 
 @dataclass
@@ -156,7 +159,8 @@ class Run:
         self.optimizer = make_optimizer(self.model, cfg)
         self.state = TrainState(lr=cfg["lr"])
         finetuning = mode == "finetune" or cfg.get("finetune")  # also when a fine-tuning run resumes
-        averaging_mode = "finetune" if finetuning else "trigger" if cfg["optimizer"] == "nt-asgd" else "off"
+        averaging_mode = ("finetune" if finetuning else "scheduled" if cfg["average_start"] is not None
+                          else "trigger" if cfg["optimizer"] == "nt-asgd" else "off")
         self.averaging = Averaging(averaging_mode, cfg["nonmono"])
         self.lengths = torch.Generator().manual_seed(cfg["seed"])  # variable-BPTT lengths, apart from masks
         self.hidden = None  # the recurrent state the next batch continues from
@@ -252,6 +256,8 @@ def train_epoch(run, should_stop):
         x, y = get_batch(source, state.position, seq_len)
         if cfg["schedule"] in ("cosine", "onecycle"):
             set_lr(run.optimizer, scheduled_lr(cfg["schedule"], cfg["lr"], run.progress(), cfg["warmup"]))
+        if run.averaging.mode == "scheduled" and not run.averaging.active and run.progress() >= cfg["average_start"]:
+            run.averaging.start(model, state.epoch)
         factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0
         step = train_step(model, x, y, run.hidden, run.optimizer, cfg, factor, workspace)
         run.hidden = step.hidden
@@ -261,6 +267,7 @@ def train_epoch(run, should_stop):
         state.position += x.size(0)
         state.batches += 1
         bar.update(y.numel())
+        faults.point("batch")
         stop = should_stop()
         if state.batches % cfg["log_interval"] == 0 or stop:
             mean = checked_mean(loss_sum, state)
@@ -297,26 +304,36 @@ def end_epoch(run, t0, tokens0):
     val = run.validate()
     improved = val.loss < state.best_val_loss
     train_loss = state.train_loss_sum / state.train_tokens
+    for name, loss in (("training", train_loss), ("validation", val.loss)):
+        if not loss < MAX_LOSS:  # also NaN
+            raise FloatingPointError(f"{name} loss is {loss:.4g} at the end of epoch {state.epoch + 1}: training "
+                                     "diverged; lower --lr or --clip (nothing of this epoch was saved)")
     row = {"epoch": state.epoch + 1, "train_loss": train_loss, "train_ppl": math.exp(train_loss),
            "val_loss": val.loss, "val_ppl": math.exp(val.loss), "val_accuracy": val.accuracy,
            **({"train_bpc": train_loss / math.log(2), "val_bpc": val.bits} if level == "char" else {}),
            "lr": run.optimizer.param_groups[0]["lr"], "averaged": run.averaging.active,
-           "epoch_seconds": round(time.time() - t0, 2),
+           "train_tokens": state.train_tokens,
+           "epoch_seconds": round(time.time() - t0, 2), "minutes": round(run.elapsed() / 60, 4),
            "train_tokens_per_s": round((state.train_tokens - tokens0) / train_seconds, 1),
            **({"partial": True} if run.time_up() else {})}
+    faults.point("validated")
     state.epoch, state.position, state.batches = state.epoch + 1, 0, 0
     state.train_loss_sum, state.train_tokens = 0.0, 0
     if cfg["schedule"] == "plateau" and not improved:
         state.lr /= cfg["anneal"]
         set_lr(run.optimizer, state.lr)
     note, state.finished = run.averaging.end_of_epoch(run.model, val.loss, state.epoch)
+    if run.averaging.active and run.averaging.count == 0:
+        faults.point("averaging")
     run.tick()
     if improved:
         state.best_val_loss = val.loss
         with run.averaging.weights(run.model):  # the weights that were just evaluated
             run.save(BEST)
+        faults.point("best-saved")
+    append_metrics(run.dir, row)  # before last.pt: a resume from the previous last.pt drops this line again
+    faults.point("logged")
     run.save(LAST)
-    append_metrics(run.dir, row)
     val_text = (f"val bpc {row['val_bpc']:.4f} | val acc {val.accuracy:.2%}" if level == "char"
                 else f"val ppl {row['val_ppl']:8.2f}")
     print(f"epoch {state.epoch:3d} | train loss {train_loss:.4f} | val loss {val.loss:.4f} | {val_text} | "
@@ -375,6 +392,10 @@ def main(argv=None):
     except (ConfigError, CheckpointError, DataError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: aborted by a second Ctrl-C, without saving; last.pt holds the run's latest checkpoint",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def train_once(tmp_path_factory, name, write_data, args):
 
 def metrics(run):
     """Per-epoch numbers of a run, without the wall-clock fields."""
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s")}
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s", "minutes")}
             for r in read_metrics(run)]
 
 

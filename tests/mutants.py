@@ -67,6 +67,27 @@ MUTANTS = {
     "resume-skips-checks": ("config.py", '    cfg = {**LATER_FLAGS, **saved, **given, "save": str(run)}\n'
                             "    check_config(cfg, given)\n",
                             '    cfg = {**LATER_FLAGS, **saved, **given, "save": str(run)}\n'),
+    "cache-sees-its-own-position": ("cache.py", "visible = (k < q)", "visible = (k <= q)"),
+    "cache-memory-not-carried": ("cache.py", "self.keys, self.words = keys[-self.window:].clone()",
+                                 "self.keys, self.words = None and keys[-self.window:].clone()"),
+    "cache-mixed-where-memory-empty": ("cache.py", "torch.where(visible.any(1, keepdim=True), self.lam, 0.0)",
+                                       "torch.where(visible.any(1, keepdim=True), self.lam, self.lam)"),
+    "cache-original-gaps-off-by-one": ("cache.py", "(g > self.window)", "(g >= self.window)"),
+    "average-start-late": ("train.py", 'run.progress() >= cfg["average_start"]',
+                           'run.progress() > cfg["average_start"] + 0.1'),
+    "dyneval-decay-away-from-theta0": ("dyneval.py", "self.keep = [1 - d for d in decay]",
+                                       "self.keep = [1 + d for d in decay]"),
+    "dyneval-decay-not-clipped": ("dyneval.py", ".clamp_(max=1 / s.lam)", ""),
+    "dyneval-theta0-not-restored": ("dyneval.py", "        torch._foreach_copy_(self.params, self.theta0)",
+                                    "        pass"),
+    "dyneval-state-reset-per-segment": ("dyneval.py", "            hidden = out.hidden\n",
+                                        "            hidden = model.init_hidden(source.size(1))\n"),
+    "dyneval-scores-after-the-update": ("dyneval.py", "            adaptation.step()\n",
+                                        "            adaptation.step()\n            nats += model.score(x, y, "
+                                        "detach_hidden(hidden))[0] - n\n"),
+    "dyneval-ms-without-sqrt": ("dyneval.py", "(s / len(starts)).sqrt_()", "(s / len(starts))"),
+    "dyneval-mean-over-entries": ("dyneval.py", "mean_ms = sum(m.mean() for m in ms) / len(ms)",
+                                  "mean_ms = torch.cat([m.flatten() for m in ms]).mean()"),
 }
 
 

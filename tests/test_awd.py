@@ -250,10 +250,9 @@ def tiny_awd_run(corpus_dir, tmp_path, *flags):
     return train.Run(cfg)
 
 
-def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpus_dir, tmp_path, monkeypatch):
-    run = tiny_awd_run(corpus_dir, tmp_path, "--max-batches", "6")
-    model, iterates = run.model, []
-    real_step = train.train_step
+def record_iterates(monkeypatch, model):
+    """A list that receives a copy of the model's weights after every train_step from now on."""
+    iterates, real_step = [], train.train_step
 
     def recording_step(*args, **kw):
         result = real_step(*args, **kw)
@@ -261,14 +260,24 @@ def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpu
         return result
 
     monkeypatch.setattr(train, "train_step", recording_step)
+    return iterates
+
+
+def assert_mean_of(averaging, iterates, count):
+    """The running average holds exactly these `count` iterates, in plain mean."""
+    assert averaging.count == len(iterates) == count
+    for name, avg in averaging.average.items():
+        torch.testing.assert_close(avg, torch.stack([it[name] for it in iterates]).mean(0))
+
+
+def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpus_dir, tmp_path, monkeypatch):
+    run = tiny_awd_run(corpus_dir, tmp_path, "--max-batches", "6")
+    model, iterates = run.model, record_iterates(monkeypatch, run.model)
     train.train_epoch(run, lambda: False)
     run.averaging.start(model, epoch=1)  # the trigger: iterates from here on are averaged
     run.state = train.TrainState(lr=run.cfg["lr"], epoch=1)
     train.train_epoch(run, lambda: False)
-    since = iterates[6:]
-    assert run.averaging.count == len(since) == 6
-    for name, avg in run.averaging.average.items():
-        torch.testing.assert_close(avg, torch.stack([it[name] for it in since]).mean(0))
+    assert_mean_of(run.averaging, iterates[6:], 6)
 
     raw = {n: p.detach().clone() for n, p in model.named_parameters()}
     with run.averaging.weights(model):  # evaluation sees the average ...
@@ -276,6 +285,19 @@ def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpu
             assert torch.equal(p, run.averaging.average[name])
     for name, p in model.named_parameters():  # ... and training continues from the raw weights
         assert torch.equal(p, raw[name])
+
+
+def test_average_start_averages_the_iterates_from_its_fraction_of_the_plan(corpus_dir, tmp_path, monkeypatch):
+    """--average-start 0.35 over 2 epochs of 5 batches: progress before step k (1-based) is
+    (k - 1) / 10, so the average holds the iterates after steps 5..10, with any optimizer."""
+    run = tiny_awd_run(corpus_dir, tmp_path, "--optimizer", "adam", "--epochs", "2", "--max-batches", "5",
+                       "--average-start", "0.35")
+    iterates = record_iterates(monkeypatch, run.model)
+    train.train_epoch(run, lambda: False)
+    assert run.averaging.mode == "scheduled" and run.averaging.started == 0 and run.averaging.count == 1
+    run.state = train.TrainState(lr=run.cfg["lr"], epoch=1)
+    train.train_epoch(run, lambda: False)
+    assert_mean_of(run.averaging, iterates[4:], 6)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import data
 import evaluate
 import generate
 import plot
-from checkpoint import load_model
+from checkpoint import load_model, read_metrics
 from data import DataError, load_corpus, split_text
 from helpers import SHARED_DATA, grammar_lines, train_once
 from model import ModelConfig, build_model
@@ -146,6 +146,21 @@ def test_train_plot_and_plot_py_write_valid_pngs(char_run, tmp_path):
     assert plot.main([str(run), str(run), "--labels", "a", "b", "-o", str(out)]) == 0
     assert png_size(out) == (width, height)
     assert plot.main([str(tmp_path), "-o", str(tmp_path / "x.png")]) == 2  # not a run: an error
+    assert plot.main([str(run), "--x", "minutes", "--ppl", "-o", str(tmp_path / "m.png")]) == 0
+    assert png_size(tmp_path / "m.png") == (width, height)
+
+
+def test_minutes_are_the_logged_ones_or_the_summed_epoch_times():
+    rows = [{"epoch_seconds": 60.0, "minutes": 1.5}, {"epoch_seconds": 120.0, "minutes": 3.5}]
+    assert plot.minutes(rows) == [1.5, 3.5]
+    assert plot.minutes([{"epoch_seconds": 60.0}, {"epoch_seconds": 30.0}]) == [1.0, 1.5]
+
+
+def test_metrics_rows_log_the_cumulative_minutes(char_run):
+    run, _ = char_run
+    rows = read_metrics(run)
+    assert all(b["minutes"] > a["minutes"] > 0 for a, b in zip(rows, rows[1:], strict=False))
+    assert rows[-1]["minutes"] >= sum(r["epoch_seconds"] for r in rows) / 60 - 0.01
 
 
 def chars(run, *args, capsys):

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -100,11 +99,11 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     checkpoint.save_checkpoint({"epoch": 1}, path)
 
     def crash(obj, f):
-        Path(f).write_bytes(b"half a checkpoint")
-        raise OSError("disk full")
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device; the previous last.pt is untouched"):
         checkpoint.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}

@@ -1,0 +1,138 @@
+"""The continuous cache pointer (Grave, Joulin and Usunier 2017, "Improving Neural Language
+Models with a Continuous Cache"), which AWD-LSTM adds at evaluation time (Merity et al. 2017,
+"Pointer models").
+
+For the token at position t of a column, with h_t the model's raw (undropped) last-layer output:
+
+    p_cache(w) = sum_i softmax_i(theta * h_i . h_t) [w_{i+1} = w]     over i in [t - window, t)
+    p(w)       = lam * p_cache(w) + (1 - lam) * p_model(w)
+
+The memory holds the previous `window` outputs h_i of the column, each paired with the word
+that followed it; position t never sees its own output or its own target. Where the memory is
+empty (the first token of a split) p is p_model alone.
+
+The original code's pointer.py keeps a window x vocabulary one-hot matrix and loops over tokens
+in Python. Here the attention of a chunk of positions over its keys is one batched matmul, the
+target's cache probability is a sum over the keys whose next word matches, and the accuracy's
+mixture is a scatter-add of the attention weights into the chunk's (rows, vocab) probabilities:
+no window x vocabulary matrix is ever built.
+
+Where the original differs: it uses no cache for the first `window` targets of a split, nor for
+the first target of each of its evaluation chunks (--bptt 2000 on WikiText-2), because it keeps
+only `window` outputs between chunks and starts using them one step late. original_gaps=CHUNK
+reproduces that for comparison; by default every position with a non-empty memory uses it.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    window: int  # previous positions attended to
+    theta: float  # sharpness of the attention
+    lam: float  # weight of the cache in the mixture
+    chunk: int = None  # the original pointer.py's evaluation chunk (its --bptt), for original_gaps
+
+
+# The original AWD-LSTM README's pointer.py commands.
+CACHE_DEFAULTS = {
+    "wikitext-2": CacheSettings(window=3785, theta=0.662, lam=0.1279, chunk=2000),
+    "ptb": CacheSettings(window=500, theta=1.0, lam=0.1, chunk=5000),
+}
+
+
+def check_settings(window, theta, lam):
+    """A one-line reason why these settings cannot run, or None."""
+    if window < 1:
+        return f"--cache-window must be at least 1, got {window}"
+    if not theta > 0:
+        return f"--cache-theta must be positive, got {theta}"
+    if not 0 <= lam <= 1:
+        return f"--cache-lambda must be in [0, 1], got {lam}"
+    return None
+
+
+class PointerCache:
+    """The memory of each column's last `window` raw outputs and the words that followed them,
+    carried from one evaluation window to the next like the recurrent state."""
+
+    def __init__(self, window, theta, lam, original_gaps=None):
+        self.window, self.theta, self.lam, self.gaps = window, theta, lam, original_gaps
+        self.keys = None  # (M, batch, d) fp32, M <= window: the latest outputs, oldest first
+        self.words = None  # (M, batch): the word that followed each of them
+        self.seen = 0  # positions of each column already scored
+
+    def mixer(self, raw, targets):
+        """For one evaluation window, raw outputs (T, batch, d) and targets (T, batch): a function
+        mix(start, log_probs, targets) for linear_scores, which scores the flattened rows
+        start.. (whole time steps) under the mixture. The window then joins the memory."""
+        batch = raw.size(1)
+        raw = raw.float()
+        keys = raw if self.keys is None else torch.cat([self.keys, raw])
+        words = targets if self.words is None else torch.cat([self.words, targets])
+        first, seen = keys.size(0) - raw.size(0), self.seen  # where the window starts, in keys and in the split
+
+        def mix(start, log_probs, t):
+            s, e = start // batch, (start + t.numel()) // batch
+            weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)
+            return mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights, lam, key_words)
+
+        self.keys, self.words = keys[-self.window:].clone(), words[-self.window:].clone()
+        self.seen += raw.size(0)
+        return mix
+
+    def attend(self, queries, keys, words, q0, g0):
+        """Attention of queries (n, batch, d), the outputs at rows q0.. of keys (L, batch, d) and
+        split positions g0.., over the previous `window` rows of keys. Returns the weights
+        (n, batch, K), each row's cache weight lam (n, 1) (0 where its memory is empty) and the
+        keys' next words (batch, K), for the K keys from lo = max(0, q0 - window) on."""
+        n = queries.size(0)
+        lo, hi = max(0, q0 - self.window), q0 + n - 1  # the keys any of these queries may see
+        if hi <= lo:  # only the split's first position, with an empty memory
+            empty = queries.new_zeros(n, queries.size(1), 0)
+            return empty, queries.new_zeros(n, 1), words[:0].T
+        scores = self.theta * torch.bmm(queries.transpose(0, 1), keys[lo:hi].permute(1, 2, 0))  # (batch, n, K)
+        q = torch.arange(q0, q0 + n, device=keys.device)[:, None]
+        k = torch.arange(lo, hi, device=keys.device)[None, :]
+        visible = (k < q) & (k >= q - self.window)  # (n, K), the same band in every column
+        if self.gaps:
+            g = torch.arange(g0, g0 + n, device=keys.device)[:, None]
+            visible &= (g > self.window) & (g % self.gaps != 0)
+        scores.masked_fill_(~visible, -math.inf)
+        weights = torch.softmax(scores, dim=-1).nan_to_num_(0.0).transpose(0, 1)  # rows with no key: 0
+        lam = torch.where(visible.any(1, keepdim=True), self.lam, 0.0).to(weights.dtype)
+        return weights, lam, words[lo:hi].T
+
+
+def mixture_scores(log_probs, targets, weights, lam, key_words):
+    """(summed log-probability of the targets, correct argmax predictions) under
+    lam * p_cache + (1 - lam) * p_model.
+
+    log_probs (n, batch, vocab) fp32 model log-probabilities, overwritten; targets (n, batch);
+    weights (n, batch, K) attention over keys whose next words are key_words (batch, K); lam
+    (n, 1) per position. The target's log-probability is mixed in log space, so that lam = 0
+    gives the model's own log-probability bit for bit."""
+    mixed = mixed_log_likelihood(log_probs.gather(2, targets[..., None]).squeeze(2), targets, weights, lam,
+                                 key_words)
+    probs = log_probs.exp_().mul_((1 - lam)[..., None])
+    probs.scatter_add_(2, key_words[None].expand_as(weights), weights * lam[..., None])
+    correct = (probs.argmax(2) == targets).sum(dtype=torch.float64)
+    return mixed.sum(), correct
+
+
+def mixed_log_likelihood(model_lp, targets, weights, lam, key_words):
+    """log(lam * p_cache(target) + (1 - lam) * p_model(target)), shape (n, batch), from the model's
+    target log-probabilities model_lp (n, batch); the other arguments as in mixture_scores."""
+    return mix(model_lp, cache_probability(targets, weights, key_words), lam)
+
+
+def cache_probability(targets, weights, key_words):
+    """p_cache of each target (n, batch): the attention on the keys whose next word it is."""
+    return (weights * (key_words[None] == targets[..., None])).sum(-1)
+
+
+def mix(model_lp, p_cache, lam):
+    """log(lam * p_cache + (1 - lam) * exp(model_lp)), exactly model_lp where lam = 0."""
+    return torch.logaddexp(model_lp + torch.log1p(-lam), torch.log(lam) + torch.log(p_cache))

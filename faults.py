@@ -1,0 +1,39 @@
+"""Named points where the fault-matrix tests kill the process outright, to check that a run
+survives SIGKILL anywhere (tests/test_faults.py).
+
+    LM_FAULT=POINT python train.py ...       # SIGKILL at the first arrival at POINT
+    LM_FAULT=POINT@N python train.py ...     # at the N-th arrival
+
+With LM_FAULT unset, which is always the case outside those tests, `point` is a function that
+returns at once. The points:
+
+    batch          after a training step, before any periodic checkpoint it may trigger
+    saved-tmp      a checkpoint's temporary file is written, the rename has not happened
+    validating     inside an evaluation pass (train.py's validation, evaluate.py)
+    validated      an epoch is validated, the averaging and lr updates have not happened
+    averaging      NT-ASGD's trigger has just started averaging, nothing is saved yet
+    best-saved     model.pt is written, the epoch's metrics.jsonl line and last.pt not yet
+    logged         the metrics.jsonl line is written, last.pt not yet
+    sampling       generate.py, between two sampled tokens
+"""
+import os
+import signal
+
+
+def make_point(spec):
+    """The `point(name)` function for an LM_FAULT value ("POINT" or "POINT@N"; None: no faults)."""
+    if not spec:
+        return lambda name: None
+    target, _, nth = spec.partition("@")
+    left = [int(nth or 1)]
+
+    def point(name):
+        if name == target:
+            left[0] -= 1
+            if left[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return point
+
+
+point = make_point(os.environ.get("LM_FAULT"))

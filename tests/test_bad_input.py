@@ -1,0 +1,199 @@
+"""The bad-input matrix: each case through the command line of train.py, evaluate.py or
+generate.py must end with exit code 2, one line on stderr that starts with "error:", no
+traceback, and no file of an existing run directory changed."""
+import hashlib
+import pickle
+
+import pytest
+import torch
+
+import evaluate
+import generate
+import train
+from checkpoint import BEST
+from helpers import AWD_TINY, TINY, write_corpus
+
+SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main}
+
+
+def corpus(tmp, name="bad", **splits):
+    return write_corpus(tmp / name, **splits)
+
+
+def damaged(tmp, run, how):
+    """A copy of the run whose model.pt is damaged `how`."""
+    import shutil
+    copy = tmp / f"damaged-{how}"
+    shutil.copytree(run, copy)
+    path = copy / BEST
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif how == "bit-flipped":
+        for i in range(200, len(raw), 997):  # flip bits across the archive, its index included
+            raw[i] ^= 0x5A
+        path.write_bytes(bytes(raw))
+    elif how == "newer-format":
+        ckpt = torch.load(path, weights_only=True)
+        torch.save({**ckpt, "format": 99}, path)
+    return copy
+
+
+class Payload:
+    """Unpickling this would create the file named by `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def malicious(tmp, run):
+    import shutil
+    copy = tmp / "malicious"
+    shutil.copytree(run, copy)
+    with open(copy / BEST, "wb") as f:
+        pickle.dump({"model": Payload(tmp / "PWNED"), "model_config": {}, "train_config": {}}, f)
+    return copy
+
+
+def write_bytes(tmp, name, data):
+    folder = corpus(tmp, name)
+    (folder / "train.txt").write_bytes(data)
+    return folder
+
+
+# (name, script, argv from (tmp, run, data), what the error must say)
+CASES = [
+    # data
+    ("missing folder", "train", lambda t, r, d: ["--data", t / "nope"], "no such folder"),
+    ("empty file", "train", lambda t, r, d: ["--data", write_bytes(t, "e", b"")], "is empty"),
+    ("binary file", "train", lambda t, r, d: ["--data", write_bytes(t, "b", bytes(range(256)) * 8)], "binary file"),
+    ("non-UTF-8 file", "train", lambda t, r, d: ["--data", write_bytes(t, "l", "caf\xe9 cr\xe8me\n".encode("latin-1"))],
+     "not UTF-8"),
+    ("only train.txt", "train", lambda t, r, d: ["--data", only_train(t)], "has no valid split"),
+    ("unseen valid word", "train", lambda t, r, d: ["--data", corpus(t, valid=["zebra"])],
+     "not in the training vocabulary"),
+    ("split shorter than a batch", "train",
+     lambda t, r, d: ["--data", corpus(t, valid=["the cat"]), "--eval-batch-size", "10"], "too few"),
+    ("missing char file", "train", lambda t, r, d: ["--level", "char", "--data", t / "nope.txt"], "no such"),
+    # checkpoints
+    ("truncated checkpoint", "evaluate", lambda t, r, d: [damaged(t, r, "truncated")], "cannot read checkpoint"),
+    ("bit-flipped checkpoint", "evaluate", lambda t, r, d: [damaged(t, r, "bit-flipped")], "checkpoint"),
+    ("pickle with code", "evaluate", lambda t, r, d: [malicious(t, r)], "cannot read checkpoint"),
+    ("pickle with code, generate", "generate", lambda t, r, d: [malicious(t, r)], "cannot read checkpoint"),
+    ("other vocabulary", "evaluate", lambda t, r, d: [r, "--data", corpus(t, train=["x y"], valid=["x"], test=["y"])],
+     "different vocabulary"),
+    ("newer format", "evaluate", lambda t, r, d: [damaged(t, r, "newer-format")], "newer than this code reads"),
+    ("newer format, generate", "generate", lambda t, r, d: [damaged(t, r, "newer-format")], "newer than this code"),
+    ("no run in directory", "evaluate", lambda t, r, d: [t], "has no model.pt"),
+    ("no run in directory, generate", "generate", lambda t, r, d: [t], "has no model.pt"),
+    ("save over an existing run", "train", lambda t, r, d: ["--data", d, "--save", r], "already holds a run"),
+    ("tied with unequal sizes", "train", lambda t, r, d: ["--data", d, "--tied", "--emsize", "8", "--nhid", "16"],
+     "--tied needs --nhid equal to --emsize"),
+    ("resume of a missing folder", "train", lambda t, r, d: ["--resume", t / "nope"], "no run directory"),
+    ("resume of no run", "train", lambda t, r, d: ["--resume", t], "has no last.pt"),
+    # flags
+    ("zero emsize", "train", lambda t, r, d: ["--data", d, "--emsize", "0"], "--emsize must be"),
+    ("negative nhid", "train", lambda t, r, d: ["--data", d, "--nhid", "-4"], "--nhid must be"),
+    ("zero layers", "train", lambda t, r, d: ["--data", d, "--nlayers", "0"], "--nlayers must be"),
+    ("bptt 0", "train", lambda t, r, d: ["--data", d, "--bptt", "0"], "--bptt must be at least 1"),
+    ("batch larger than the data", "train", lambda t, r, d: ["--data", d, "--batch-size", "100000"], "too few"),
+    ("dropout 1", "train", lambda t, r, d: ["--data", d, "--dropout", "1"], "--dropout must be in [0, 1)"),
+    ("negative awd dropout", "train", lambda t, r, d: ["--data", d, *AWD_TINY, "--dropout-input", "-0.1"],
+     "--dropout-input must be in [0, 1)"),
+    ("epochs 0", "train", lambda t, r, d: ["--data", d, "--epochs", "0"], "--epochs must be at least 1"),
+    ("unknown preset", "train", lambda t, r, d: ["--preset", "gpt-5"], "invalid choice"),
+    ("unknown model", "train", lambda t, r, d: ["--model", "transformer"], "invalid choice"),
+    ("baseline flag with awd", "train", lambda t, r, d: ["--data", d, "--model", "awd-lstm", "--dropout", "0.2"],
+     "--dropout does not apply to --model awd-lstm"),
+    ("awd flag with baseline", "train", lambda t, r, d: ["--data", d, "--dropout-hidden", "0.2"],
+     "--dropout-hidden does not apply to --model lstm"),
+    ("negative lr", "train", lambda t, r, d: ["--data", d, "--lr", "-1"], "--lr must be positive"),
+    ("negative clip", "train", lambda t, r, d: ["--data", d, "--clip", "-1"], "--clip must not be negative"),
+    ("negative weight decay", "train", lambda t, r, d: ["--data", d, "--wdecay=-1e-6"],
+     "--wdecay must not be negative"),
+    ("not a number", "train", lambda t, r, d: ["--data", d, "--lr", "fast"], "invalid float value"),
+    ("loss turns NaN", "train", lambda t, r, d: ["--data", d, "--lr", "1e30", "--clip", "0"], "lower --lr or --clip"),
+    ("resume with a model flag", "train", lambda t, r, d: ["--resume", r, "--nhid", "64"], "cannot change on --resume"),
+    ("temperature 0", "generate", lambda t, r, d: [r, "--temperature", "0"], "--temperature must be > 0"),
+    ("temperature nan", "generate", lambda t, r, d: [r, "--temperature", "nan"], "--temperature must be"),
+    ("temperature inf", "generate", lambda t, r, d: [r, "--temperature", "inf"], "--temperature must be"),
+    ("top-p 0", "generate", lambda t, r, d: [r, "--top-p", "0"], "--top-p in (0, 1]"),
+    ("top-p above 1", "generate", lambda t, r, d: [r, "--top-p", "1.5"], "--top-p in (0, 1]"),
+    ("negative top-k", "generate", lambda t, r, d: [r, "--top-k", "-1"], "--top-k"),
+    ("negative words", "generate", lambda t, r, d: [r, "--words", "-3"], "--words"),
+    ("batch size 0, evaluate", "evaluate", lambda t, r, d: [r, "--batch-size", "0"], "--batch-size"),
+    ("unknown split", "evaluate", lambda t, r, d: [r, "--split", "dev"], "invalid choice"),
+]
+
+
+RUNTIME = {"loss turns NaN"}  # cases that fail after training has started
+
+
+def only_train(tmp):
+    folder = corpus(tmp, "only-train")
+    (folder / "valid.txt").unlink()
+    (folder / "test.txt").unlink()
+    return folder
+
+
+def digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_the_matrix_has_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name, script, argv, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_one_line(trained_run, tmp_path, capsys, monkeypatch, name, script, argv, message):
+    run, data = trained_run
+    before = digests(run)
+    monkeypatch.setenv("LM_DATA_CACHE", str(tmp_path / "cache"))
+    args = [str(a) for a in argv(tmp_path, run, data)]
+    if script == "train" and "--resume" not in args:  # the case's flags last, so that they win
+        save = [] if "--save" in args else ["--save", str(tmp_path / "new-run")]
+        args = [*save, *(TINY if "awd-lstm" not in args else []), *args]
+    capsys.readouterr()
+    try:
+        code = SCRIPTS[script](args)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    if name in RUNTIME:  # progress bars came first
+        lines = lines[-1:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert message in lines[0], lines[0]
+    assert digests(run) == before
+    assert not (tmp_path / "PWNED").exists()  # the pickle's code never ran
+    assert not (tmp_path / "new-run" / "last.pt").exists()
+
+
+def test_ctrl_c_twice_aborts_in_one_line_without_saving(trained_run, tmp_path, capsys, monkeypatch):
+    """The second Ctrl-C raises KeyboardInterrupt out of the handler; main turns it into one line.
+    (Two signals sent back to back to a process coalesce into one, hence in-process.)"""
+    import signal
+    with train.StopOnInterrupt() as stop:
+        stop.handle(signal.SIGINT, None)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    before = {k: v for k, v in digests(run).items() if k != "config.json"}  # a resume rewrites the config
+
+    def interrupted_twice(run_obj, should_stop):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("LM_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(train, "train_epoch", interrupted_twice)
+    capsys.readouterr()
+    assert train.main(["--resume", str(run), "--epochs", "10"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: aborted by a second Ctrl-C, without saving; last.pt holds the run's latest checkpoint"]
+    assert {k: v for k, v in digests(run).items() if k != "config.json"} == before

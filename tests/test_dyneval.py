@@ -1,0 +1,169 @@
+"""Dynamic evaluation (dyneval.py) against plain evaluation and hand computations."""
+import hashlib
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dyneval
+import evaluate
+import train
+from dyneval import DynamicSettings, dynamic_evaluate, gradient_statistics
+from helpers import TINY, write_corpus
+from model import AWDLSTM, AWDConfig
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return AWDLSTM(AWDConfig(vocab_size=30, emsize=8, nhid=12, nlayers=2)).eval()
+
+
+def tokens(rows, seed, batch=1):
+    return torch.randint(0, 30, (rows, batch), generator=torch.Generator().manual_seed(seed))
+
+
+def fake_ms(model, seed=5):
+    """Positive made-up gradient statistics, spread over two orders of magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: 10 ** (-3 * torch.rand(p.shape, generator=g)) for n, p in model.named_parameters()}
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_no_step_and_no_decay_give_plain_evaluation_exactly():
+    model = tiny_model()
+    source = tokens(103, 1)
+    loss, accuracy = dynamic_evaluate(model, source, fake_ms(model), DynamicSettings(lr=0.0, lam=0.0, epsilon=1e-3))
+    plain = evaluate.evaluate(model, source, window=5)
+    assert (loss, accuracy) == (plain.loss, plain.accuracy)
+
+
+def test_the_first_segment_is_scored_before_it_is_learned_from():
+    model = tiny_model()
+    source = tokens(6, 2)  # one segment of 5 targets
+    loss, _ = dynamic_evaluate(model, source, fake_ms(model), DynamicSettings(lr=1.0, lam=0.0, epsilon=1e-3))
+    assert loss == evaluate.evaluate(model, source, window=5).loss
+    longer = tokens(60, 2)
+    assert dynamic_evaluate(model, longer, fake_ms(model), DynamicSettings(1e-2, 0.0, 1e-3))[0] \
+        != evaluate.evaluate(model, longer, window=5).loss  # later segments do see the updates
+
+
+def manual_two_steps(model, source, ms, s):
+    """θ after two segments, from the update rule's formula, with gradients from F.cross_entropy
+    on the model's logits and the state of segment 1 carried (detached) into segment 2."""
+    names = [n for n, _ in model.named_parameters()]
+    theta0 = weights(model)
+    mean_ms = sum(ms[n].mean() for n in names) / len(names)
+    decay = {n: s.lam * torch.clamp(ms[n] / mean_ms, max=1 / s.lam) for n in names}
+    hidden = model.init_hidden(1)
+    for k in range(2):
+        x, y = source[5 * k:5 * k + 5], source[5 * k + 1:5 * k + 6]
+        model.zero_grad()
+        out = model(x, hidden)
+        F.cross_entropy(out.logits.view(-1, 30), y.reshape(-1)).backward()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p += decay[n] * (theta0[n] - p) - s.lr * p.grad / (ms[n] + s.epsilon)
+        hidden = [(h.detach(), c.detach()) for h, c in out.hidden]
+    expected = weights(model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(theta0[n])
+    return expected
+
+
+def test_two_updates_match_the_formula(monkeypatch):
+    model = tiny_model()
+    source, ms = tokens(11, 3), fake_ms(model)
+    s = DynamicSettings(lr=3e-3, lam=0.05, epsilon=1e-3)
+    expected = manual_two_steps(model, source, ms, s)
+    seen = {}
+    real_restore = dyneval.Adaptation.restore
+
+    def capture_then_restore(self):
+        seen.update(weights(model))
+        real_restore(self)
+
+    monkeypatch.setattr(dyneval.Adaptation, "restore", capture_then_restore)
+    theta0 = weights(model)
+    dynamic_evaluate(model, source, ms, s)
+    for n, p in expected.items():
+        torch.testing.assert_close(seen[n], p, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(seen[n], theta0[n]), n  # the step moved every tensor
+        assert torch.equal(model.get_parameter(n), theta0[n])  # and θ0 is back
+
+
+def test_decay_rates_are_clipped_at_one_over_lambda():
+    model = tiny_model()
+    ms = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    ms["decoder.bias"][0] = 1e6  # a huge rate, clipped to lam * (1 / lam) = 1: pulled all the way back
+    adaptation = dyneval.Adaptation(model, ms, DynamicSettings(lr=0.0, lam=0.1, epsilon=1e-3))
+    assert adaptation.keep[-1][0].item() == pytest.approx(0.0)  # 1 - decay
+    assert adaptation.keep[-1][1].item() > 0.9
+
+
+def test_gradient_statistics_are_the_root_mean_square_of_segment_gradients():
+    model = tiny_model()
+    source = tokens(12, 4, batch=3)  # two segments of 5 rows (the third would start at row 10)
+    ms = gradient_statistics(model, source, 5)
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind
+    squares, hidden = {}, model.init_hidden(3)
+    for k in range(3):  # rows 0..4, 5..9, 10 (one row left: a segment of length 1)
+        x, y = source[5 * k:5 * k + 5][:source.size(0) - 1 - 5 * k], source[5 * k + 1:5 * k + 6]
+        model.zero_grad()
+        out = model(x, hidden)
+        F.cross_entropy(out.logits.view(-1, 30), y.reshape(-1)).backward()
+        for n, p in model.named_parameters():
+            squares[n] = squares.get(n, 0) + p.grad ** 2
+        hidden = [(h.detach(), c.detach()) for h, c in out.hidden]
+    for n, sq in squares.items():
+        torch.testing.assert_close(ms[n], (sq / 3).sqrt(), rtol=1e-4, atol=1e-8)
+
+
+def test_a_second_split_starts_from_the_trained_weights():
+    model = tiny_model()
+    source, ms, s = tokens(40, 6), fake_ms(model), DynamicSettings(lr=1e-2, lam=0.01, epsilon=1e-3)
+    assert dynamic_evaluate(model, source, ms, s) == dynamic_evaluate(model, source, ms, s)
+
+
+def test_evaluate_leaves_the_run_directory_unchanged(tmp_path):
+    data = write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    assert train.main(["--data", str(data), "--save", str(run), "--epochs", "1", *TINY]) == 0
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
+    flags = ["--dynamic-eval", "--dyn-lr", "1e-3", "--dyn-stat-batches", "3", "--json", str(tmp_path / "d.json")]
+    assert evaluate.main([str(run), *flags]) == 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["batch_size"] == 1 and result["window"] == 5 and result["dynamic_eval"]["lr"] == 1e-3
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == digests
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dyn-lr", "-1"], "--dyn-lr must not be negative"),
+    (["--dyn-lambda", "2"], "--dyn-lambda must be in [0, 1]"),
+    (["--dyn-epsilon", "0"], "--dyn-epsilon must be positive"),
+    (["--dyn-bptt", "0"], "--dyn-bptt must be at least 1"),
+    (["--dyn-stat-batches", "0"], "--dyn-stat-batches must be at least 1"),
+    (["--window", "50"], "--window does not apply to --dynamic-eval"),
+    (["--cache", "--cache-window", "5", "--cache-theta", "1", "--cache-lambda", "0.1"], "do not combine yet"),
+])
+def test_bad_dynamic_settings_are_one_line_errors(trained_run, capsys, flags, message):
+    run, _ = trained_run
+    assert evaluate.main([str(run), "--dynamic-eval", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_dynamic_eval_without_enough_training_data_is_a_one_line_error(tmp_path, capsys):
+    lines = ["the cat sat on the mat ."] * 20  # 140 tokens
+    data = write_corpus(tmp_path / "corpus", train=lines, valid=lines, test=lines)
+    run = tmp_path / "run"
+    assert train.main(["--data", str(data), "--save", str(run), "--epochs", "1", *TINY, "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    assert evaluate.main([str(run), "--dynamic-eval"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dynamic-eval takes its gradient statistics from the training split")
+    assert err.count("\n") == 1

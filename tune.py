@@ -1,0 +1,173 @@
+"""Tune the cache pointer or dynamic evaluation of a trained run on the validation split, then
+print the evaluate.py command that scores test once with the winner. Test is never looked at.
+
+    python tune.py checkpoints/<run> --method cache --out results/tune-cache
+    python tune.py checkpoints/<run> --method dynamic --tokens 30000 --out results/tune-dynamic
+
+cache:   one batch-1 pass of the model records its raw outputs and the targets' log-probabilities;
+         every (window, theta, lambda) of the grid is then scored from those alone, since the
+         settings change only the cache's attention and the mixture. Validation loss only.
+dynamic: gradient statistics once, then dynamic evaluation of the first --tokens of valid
+         (Krause et al.'s --gridfast takes 30,000) for each (lr, lambda), as multiples of the
+         corpus's published settings unless given.
+
+Writes <out>/tune-<method>.md (the table, best first) and .json, and prints the best setting.
+"""
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import cli
+from cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
+from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
+from data import DataError, batchify, load_corpus
+from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, gradient_statistics
+from evaluate import evaluate
+
+CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
+              "lam": [0.05, 0.1, 0.1279, 0.2]}
+DYNAMIC_SCALES = [0.5, 1.0, 2.0]  # multiples of the published lr and lambda
+
+
+class Recorder:
+    """Stands in for a PointerCache in evaluate(): keeps each window's raw outputs and the
+    targets' model log-probabilities, and scores plainly."""
+
+    def __init__(self):
+        self.raw, self.targets, self.log_probs = [], [], []
+
+    def mixer(self, raw, targets):
+        self.raw.append(raw.float())
+        self.targets.append(targets)
+
+        def record(start, log_probs, t):
+            target_lp = log_probs.gather(1, t[:, None]).squeeze(1)
+            self.log_probs.append(target_lp)
+            return target_lp.sum(), (log_probs.argmax(1) == t).sum(dtype=torch.float64)
+
+        return record
+
+
+def cache_grid(model, source, grid, dtype, chunk=2048):
+    """[(settings dict, val loss)] over the grid, from one recorded pass over source (rows, 1)."""
+    recorder = Recorder()
+    plain = evaluate(model, source, dtype, progress=True, cache=recorder)
+    keys, words = torch.cat(recorder.raw), torch.cat(recorder.targets)  # (T, 1, d), (T, 1)
+    model_lp = torch.cat(recorder.log_probs)[:, None]  # (T, 1)
+    rows = [({"window": 0, "theta": 0.0, "lam": 0.0}, plain.loss)]
+    for window, theta in tqdm(list(itertools.product(grid["window"], grid["theta"])), desc="cache grid"):
+        cache = PointerCache(window, theta, 1.0)
+        p_cache, has_memory = [], []
+        for q0 in range(0, keys.size(0), chunk):
+            weights, lam, key_words = cache.attend(keys[q0:q0 + chunk], keys, words, q0, q0)
+            p_cache.append(cache_probability(words[q0:q0 + chunk], weights, key_words))
+            has_memory.append(lam)
+        p_cache, has_memory = torch.cat(p_cache), torch.cat(has_memory)
+        for lam in grid["lam"]:
+            loss = -mix(model_lp, p_cache, has_memory * lam).sum(dtype=torch.float64).item() / model_lp.numel()
+            rows.append(({"window": window, "theta": theta, "lam": lam}, loss))
+    return rows
+
+
+def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype):
+    """[(settings dict, val loss)] of dynamic evaluation of source for each (lr, lambda)."""
+    ms = gradient_statistics(model, stats_source, base.bptt, stat_batches, dtype, progress=True)
+    rows = [({"lr": 0.0, "lam": 0.0}, evaluate(model, source, dtype, window=base.bptt).loss)]
+    for lr, lam in itertools.product(lrs, lams):
+        loss, _ = dynamic_evaluate(model, source, ms, DynamicSettings(lr, lam, base.epsilon, base.bptt), dtype,
+                                   progress=True)
+        rows.append(({"lr": lr, "lam": lam}, loss))
+    return rows
+
+
+def get_parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory written by train.py")
+    p.add_argument("--method", choices=("cache", "dynamic"), required=True, help="what to tune")
+    p.add_argument("--out", default="results", help="folder for the table (default: results)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="tune on the first this many tokens of valid (default: all for cache, 30000 for dynamic)")
+    p.add_argument("--windows", type=int, nargs="+", default=CACHE_GRID["window"], help="cache windows to try")
+    p.add_argument("--thetas", type=float, nargs="+", default=CACHE_GRID["theta"], help="cache thetas to try")
+    p.add_argument("--lambdas", type=float, nargs="+", default=None,
+                   help=f"cache: lambdas to try (default: {CACHE_GRID['lam']}); dynamic: decay rates to try "
+                        f"(default: {DYNAMIC_SCALES} x the corpus's published lambda)")
+    p.add_argument("--lrs", type=float, nargs="+", default=None,
+                   help=f"dynamic: step sizes to try (default: {DYNAMIC_SCALES} x the published lr)")
+    p.add_argument("--dyn-bptt", type=int, default=5, help="dynamic: tokens per segment (default: 5)")
+    p.add_argument("--dyn-stat-batches", type=int, default=None,
+                   help="dynamic: training segments for the gradient statistics (default: all)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision (default: fp32)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model, ckpt = load_model(args.run, device)
+        corpus = load_corpus(ckpt["data"], checkpoint_level(ckpt))
+        check_vocab(corpus, ckpt)
+        tokens = args.tokens or (30_000 if args.method == "dynamic" else None)
+        source = batchify(corpus.valid[:tokens], 1, device)
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = Path(ckpt["data"].removeprefix("hub:")).name
+    t0 = time.time()
+    if args.method == "cache":
+        grid = {"window": args.windows, "theta": args.thetas, "lam": args.lambdas or CACHE_GRID["lam"]}
+        rows = cache_grid(model, source, grid, args.dtype)
+        published = CACHE_DEFAULTS.get(name)
+    else:
+        base = DYNAMIC_DEFAULTS.get(name, DYNAMIC_DEFAULTS["ptb"])
+        base = DynamicSettings(base.lr, base.lam, base.epsilon, args.dyn_bptt)
+        lrs = args.lrs or [base.lr * k for k in DYNAMIC_SCALES]
+        lams = args.lambdas or [base.lam * k for k in DYNAMIC_SCALES]
+        stats = batchify(corpus.train, STAT_BATCH_SIZE, device)
+        rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype)
+        published = base
+    rows.sort(key=lambda r: r[1])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0][0])
+    lines = [f"# {args.method} on the first {source.size(0) - 1:,} tokens of valid, {args.run}", "",
+             f"published settings for {name}: {published}" if published else "", "",
+             "The row of zeros is plain evaluation.", "",
+             "| " + " | ".join(keys) + " | val loss | val ppl |", "|" + "---|" * (len(keys) + 2)]
+    lines += ["| " + " | ".join(f"{s[k]:.4g}" for k in keys) + f" | {loss:.4f} | {math.exp(loss):.2f} |"
+              for s, loss in rows]
+    (out / f"tune-{args.method}.md").write_text("\n".join(lines) + "\n")
+    (out / f"tune-{args.method}.json").write_text(json.dumps(
+        {"run": str(args.run), "tokens": source.size(0) - 1, "seconds": round(time.time() - t0, 1),
+         "rows": [{**s, "val_loss": loss, "val_ppl": math.exp(loss)} for s, loss in rows]}, indent=2) + "\n")
+    best, loss = rows[0]
+    print(f"best on valid: {best} (ppl {math.exp(loss):.2f}); the table is in {out / f'tune-{args.method}.md'}")
+    if best == rows_plain(rows):
+        print("no setting beats plain evaluation")
+    else:
+        print(f"score test once with: python evaluate.py {args.run} {method_flags(args.method, best)}")
+    return 0
+
+
+def rows_plain(rows):
+    """The settings of the grid's plain-evaluation row (all zero)."""
+    return next(s for s, _ in rows if not any(s.values()))
+
+
+def method_flags(method, s):
+    if method == "cache":
+        return f"--cache --cache-window {s['window']} --cache-theta {s['theta']:g} --cache-lambda {s['lam']:g}"
+    return f"--dynamic-eval --dyn-lr {s['lr']:.4g} --dyn-lambda {s['lam']:.4g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
