@@ -47,7 +47,7 @@ def write_atomically(path, write, fault=None):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            write(faults.writer(f))
             f.flush()
             os.fsync(f.fileno())
         if fault:

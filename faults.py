@@ -8,6 +8,7 @@ With LM_FAULT unset, which is always the case outside those tests, `point` is a 
 returns at once. The points:
 
     batch          after a training step, before any periodic checkpoint it may trigger
+    writing        a write call into a file that checkpoint.py is writing (a torn file)
     saved-tmp      a checkpoint's temporary file is written, the rename has not happened
     validating     inside an evaluation pass (train.py's validation, evaluate.py)
     validated      an epoch is validated, the averaging and lr updates have not happened
@@ -36,4 +37,26 @@ def make_point(spec):
     return point
 
 
+class _Writer:
+    """A file whose every write() passes the "writing" point first."""
+
+    def __init__(self, f, point):
+        self.f, self.point = f, point
+
+    def write(self, data):
+        self.point("writing")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def make_writer(spec, point):
+    """writer(f): f itself without faults, else f with the "writing" point in each write()."""
+    if not spec:
+        return lambda f: f
+    return lambda f: _Writer(f, point)
+
+
 point = make_point(os.environ.get("LM_FAULT"))
+writer = make_writer(os.environ.get("LM_FAULT"), point)

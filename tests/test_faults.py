@@ -87,11 +87,13 @@ def reference(tmp_path_factory):
     return data, cache, run, state(run), state(base / "reference-finetune")
 
 
-FAST = {"logged@3"}
+FAST = {"logged@3", "writing@20"}
 TRAIN_POINTS = [
     "batch@7",  # epoch 1, between periodic checkpoints
     "batch@53",  # epoch 3
-    "saved-tmp@2",  # a periodic checkpoint half written
+    "writing@20",  # in the middle of writing a checkpoint file
+    "writing@700",
+    "saved-tmp@2",  # a periodic checkpoint written, not yet renamed
     "saved-tmp@15",
     "validating@2",  # during epoch 2's validation
     "validated@4",  # just before the trigger is applied
@@ -101,7 +103,7 @@ TRAIN_POINTS = [
     "logged@3",  # metrics line written, last.pt not
     "logged@6",
 ]
-FINETUNE_POINTS = ["batch@5", "validating@2", "saved-tmp@3", "logged@1"]
+FINETUNE_POINTS = ["batch@5", "validating@2", "writing@50", "saved-tmp@3", "logged@1"]
 
 
 def marks(point):
