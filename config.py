@@ -47,7 +47,8 @@ DEFAULTS = {
     "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
     "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
     "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
-    "save": None, "max_batches": None, "max_minutes": None, "checkpoint_every": None, "log_interval": 200,
+    "dist_timeout": 600.0, "save": None, "max_batches": None, "max_minutes": None, "checkpoint_every": None,
+    "log_interval": 200,
     "plot": False,
 }
 # AWD-LSTM's training defaults (the original code's), applied under --model awd-lstm.
@@ -89,11 +90,11 @@ PRESETS = {
 }
 DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 # Flags that may change when a run is resumed; the rest would make it a different run.
-RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "checkpoint_every",
+RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "checkpoint_every", "dist_timeout",
              "log_interval", "plot", "lstm_kernel"}
 # Flags added after runs were first saved, with the value that those older runs used.
 LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto",
-               "checkpoint_every": None, "average_start": None}
+               "checkpoint_every": None, "average_start": None, "dist_timeout": 600.0}
 # Flags that --finetune may not change: they define the model being fine-tuned.
 MODEL_FLAGS = {"data", "level", *BASELINE_MODEL, *AWD_MODEL}
 # Kinds of run with their own defaults, as (awd, char), named as --help names them.
@@ -210,6 +211,8 @@ def add_run_flags(g):
                           "recurrence with a hand-written backward), or auto: own for bf16 training on "
                           "CPU where its time steps are large enough to gain, fused elsewhere",
         choices=LSTM_KERNELS)
+    add(g, "dist_timeout", "under torchrun: seconds a process waits for the others, at the rendezvous and at "
+                           "every collective, before it gives up with an error", type=float)
     add(g, "save", "run directory (default: checkpoints/<data>-<model>-<time>; <run>-finetune with --finetune)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last.pt; its saved config is used, and only "

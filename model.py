@@ -218,8 +218,12 @@ class LanguageModel(nn.Module):
     """The end of the forward pass, shared by both models: a subclass's features() runs the
     network up to the decoder's input; forward, loss and score finish it."""
 
-    def forward(self, tokens, hidden):
-        """tokens (seq_len, batch) -> LMOutput with the logits (seq_len, batch, vocab)."""
+    def forward(self, tokens, hidden, targets=None, workspace=None):
+        """tokens (seq_len, batch) -> LMOutput with the logits (seq_len, batch, vocab); with
+        targets (seq_len, batch), loss()'s (mean cross-entropy, LMOutput) instead. Training calls
+        it that way, so that DistributedDataParallel, which hooks forward, sees the pass."""
+        if targets is not None:
+            return self.loss(tokens, targets, hidden, workspace)
         out = self.features(tokens, hidden)
         return out._replace(logits=self.decoder(out.dropped))
 

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import distributed
 import faults
 from checkpoint import (
     BEST,
@@ -40,7 +42,8 @@ from checkpoint import (
 )
 from config import ConfigError, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
-from evaluate import evaluate
+from distributed import ONE_PROCESS, DistributedError
+from evaluate import Scores, evaluate
 from kernels import Workspace, autocast
 from model import (
     activation_regularization,
@@ -115,10 +118,11 @@ class Step(NamedTuple):
 def train_step(model, x, y, hidden, optimizer, cfg, lr_factor=1.0, workspace=None):
     """One truncated-BPTT update of x, y (seq_len, batch) from `hidden`, with AR on the dropped
     last-layer output and TAR on the raw one, gradient clipping, and the lr scaled by
-    lr_factor for this step only. A Workspace kept by the caller saves re-allocating the
-    loss's scratch memory."""
+    lr_factor for this step only. model may be wrapped in DistributedDataParallel, whose
+    backward averages the gradients over the processes before they are clipped. A Workspace
+    kept by the caller saves re-allocating the loss's scratch memory."""
     with autocast(x.device, cfg["dtype"]):
-        ce, out = model.loss(x, y, detach_hidden(hidden), workspace)
+        ce, out = model(x, detach_hidden(hidden), y, workspace)
         loss = (ce + activation_regularization(out.dropped, cfg["alpha"])
                 + temporal_activation_regularization(out.raw, cfg["beta"]))
     optimizer.zero_grad(set_to_none=True)
@@ -133,13 +137,19 @@ def train_step(model, x, y, hidden, optimizer, cfg, lr_factor=1.0, workspace=Non
 class Run:
     """One training run: config, corpus, model, optimizer, training state, NT-ASGD averaging,
     the generator of sequence lengths, the recurrent state and the run directory. Built fresh
-    (mode "new"), from last.pt ("resume"), or from a finished run's model.pt ("finetune")."""
+    (mode "new"), from last.pt ("resume"), or from a finished run's model.pt ("finetune").
 
-    def __init__(self, cfg, ckpt=None, mode="new"):
-        self.cfg, self.mode = cfg, mode
-        self.device = torch.device(cfg["device"])
+    Under torchrun (world.active) each process holds its columns of the training batch and its
+    own recurrent state and dropout masks; `net` is the model wrapped in DistributedDataParallel
+    for the training steps, `model` the plain one that is evaluated, averaged and saved."""
+
+    def __init__(self, cfg, ckpt=None, mode="new", world=ONE_PROCESS):
+        self.cfg, self.mode, self.world = cfg, mode, world
+        self.device = torch.device(distributed.device(cfg["device"], world))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if self.device.type == "cuda" and world.active:
+            torch.cuda.set_device(self.device)
         self.corpus = load_corpus(cfg["data"], cfg["level"])
         self.dir = Path(cfg["save"])
         if mode != "resume" and has_run(self.dir):
@@ -156,6 +166,12 @@ class Run:
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
         self.model.to(self.device)
+        if world.rank > 0:  # the same initial weights everywhere, then each process's own masks
+            torch.manual_seed(cfg["seed"] + world.rank)
+        self.net = self.model
+        if world.active:
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None)
         self.optimizer = make_optimizer(self.model, cfg)
         self.state = TrainState(lr=cfg["lr"])
         finetuning = mode == "finetune" or cfg.get("finetune")  # also when a fine-tuning run resumes
@@ -168,9 +184,10 @@ class Run:
             self.averaging.start(self.model, epoch=0)
         if mode == "resume":
             self.restore(ckpt, averaging_mode)
-        self.train_data = batchify(self.corpus.train, cfg["batch_size"], self.device)
+        self.train_data = distributed.columns(batchify(self.corpus.train, cfg["batch_size"], self.device), world)
         self.val_data = batchify(self.corpus.valid, cfg["eval_batch_size"], self.device)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if world.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.mark = self.saved_at = time.time()  # state.seconds counts up to mark
 
     def restore(self, ckpt, averaging_mode):
@@ -178,28 +195,45 @@ class Run:
         self.state = TrainState(**ckpt["state"])
         self.averaging = Averaging.from_state_dict({"mode": averaging_mode, **ckpt["averaging"]}, self.device)
         if ckpt["hidden"] is not None:
-            self.hidden = map_hidden(lambda h: h.to(self.device), ckpt["hidden"])
+            self.hidden = map_hidden(lambda h: h.to(self.device), distributed.split_columns(ckpt["hidden"], self.world))
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["cpu"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        saved = len(rng.get("ranks", [None]))
+        if saved != self.world.size:
+            raise ConfigError(f"this run was trained by {saved} process{'es' if saved > 1 else ''}, which each "
+                              f"keep their own random state; resume it with {saved} (torchrun --nproc-per-node "
+                              f"{saved}{' or plain python' if saved == 1 else ''}), not {self.world.size}")
+        own = rng["ranks"][self.world.rank] if self.world.active else rng
+        torch.set_rng_state(own["cpu"])
+        if own["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(own["cuda"])
         if "lengths" in rng:  # runs saved before the separate generator draw from a fresh one
             self.lengths.set_state(rng["lengths"])
 
     def rng_state(self):
-        return {"cpu": torch.get_rng_state(), "lengths": self.lengths.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        """The random generators' states (a collective under torchrun: every process's are kept)."""
+        own = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        ranks = distributed.gather(self.world, own)
+        return {**own, "lengths": self.lengths.get_state(), **({"ranks": ranks} if self.world.active else {})}
 
     def save(self, name):
         """Write model.pt (the weights just evaluated, averaged or not; no running average) or
-        last.pt (everything, with the recurrent state when stopped mid-epoch)."""
+        last.pt (everything, with the recurrent state when stopped mid-epoch). Every process
+        calls it (the random states and recurrent states are gathered); rank 0 writes."""
         last = name == LAST
-        hidden = self.hidden if last and self.state.position > 0 else None
-        ckpt = build_checkpoint(self.model, self.optimizer, self.cfg, self.corpus, asdict(self.state),
-                                self.averaging.state_dict(with_average=last), hidden, self.rng_state())
-        save_checkpoint(ckpt, self.dir / name)
+        hidden = distributed.join_columns(self.world, self.hidden) if last and self.state.position > 0 else None
+        rng = self.rng_state()
+        if self.world.main:
+            ckpt = build_checkpoint(self.model, self.optimizer, self.cfg, self.corpus, asdict(self.state),
+                                    self.averaging.state_dict(with_average=last), hidden, rng)
+            save_checkpoint(ckpt, self.dir / name)
         if last:
             self.saved_at = time.time()
+
+    def say(self, text):
+        """Print on rank 0 only."""
+        if self.world.main:
+            print(text, flush=True)
 
     def checkpoint_due(self):
         every = self.cfg.get("checkpoint_every")
@@ -232,25 +266,30 @@ class Run:
                                 self.cfg["max_minutes"])
 
     def validate(self):
-        """Validation scores of the weights that model.pt would hold (the average once active)."""
+        """Validation scores of the weights that model.pt would hold (the average once active);
+        under torchrun every process validates and all take rank 0's numbers."""
         with self.averaging.weights(self.model):
-            return evaluate(self.model, self.val_data, self.cfg["val_dtype"])
+            scores = evaluate(self.model, self.val_data, self.cfg["val_dtype"])
+        return Scores(*distributed.from_main(self.world, scores))
 
 
-def train_epoch(run, should_stop):
-    """Train from row state.position to the end of the epoch, or until should_stop() is true.
-    Updates run.state (position, batch count, loss sums) and run.hidden in place, and folds
-    every new iterate into the NT-ASGD average once it is active."""
+def train_epoch(run, requested):
+    """Train from row state.position to the end of the epoch, or until a stop: requested() (a
+    Ctrl-C or SIGTERM) or the time budget, on any process. Returns whether a stop was requested.
+    Updates run.state (position, batch count, loss sums over all processes) and run.hidden in
+    place, and folds every new iterate into the NT-ASGD average once it is active."""
     cfg, state, model, source = run.cfg, run.state, run.model, run.train_data
     model.train()
     if state.position == 0:
-        run.hidden = model.init_hidden(cfg["batch_size"])
+        run.hidden = model.init_hidden(source.size(1))
     loss_sum = torch.tensor(state.train_loss_sum, dtype=torch.float64, device=source.device)
     workspace = Workspace()
-    # The bar counts tokens, so its rate is training tokens/s.
-    bar = tqdm(total=(source.size(0) - 1) * source.size(1), initial=state.position * source.size(1),
-               unit="tok", unit_scale=True, desc=f"epoch {state.epoch + 1}", dynamic_ncols=True, leave=False,
+    # The bar counts the tokens of all processes, so its rate is training tokens/s.
+    tokens = (source.size(0) - 1) * cfg["batch_size"]
+    bar = tqdm(total=tokens, initial=state.position * cfg["batch_size"], unit="tok", unit_scale=True,
+               desc=f"epoch {state.epoch + 1}", dynamic_ncols=True, leave=False, disable=not run.world.main,
                mininterval=0.5 if sys.stderr.isatty() else 60)
+    stop_requested = False
     while not run.epoch_done():
         seq_len = sample_seq_len(cfg["bptt"], run.lengths) if cfg["variable_bptt"] else cfg["bptt"]
         x, y = get_batch(source, state.position, seq_len)
@@ -259,27 +298,30 @@ def train_epoch(run, should_stop):
         if run.averaging.mode == "scheduled" and not run.averaging.active and run.progress() >= cfg["average_start"]:
             run.averaging.start(model, state.epoch)
         factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0
-        step = train_step(model, x, y, run.hidden, run.optimizer, cfg, factor, workspace)
+        step = train_step(run.net, x, y, run.hidden, run.optimizer, cfg, factor, workspace)
         run.hidden = step.hidden
         run.averaging.after_step(model)
-        loss_sum += step.ce * y.numel()
-        state.train_tokens += y.numel()
+        ce_sum, n, (stop_requested, time_up, due) = distributed.step_sync(
+            run.world, step.ce * y.numel(), y.numel(), (requested(), run.time_up(), run.checkpoint_due()))
+        loss_sum += ce_sum
+        state.train_tokens += n
         state.position += x.size(0)
         state.batches += 1
-        bar.update(y.numel())
+        bar.update(n)
         faults.point("batch")
-        stop = should_stop()
+        stop = stop_requested or time_up
         if state.batches % cfg["log_interval"] == 0 or stop:
             mean = checked_mean(loss_sum, state)
             bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}")
         if stop:
             break
-        if run.checkpoint_due():  # mid-epoch, as a stop would save
+        if due:  # mid-epoch, as a stop would save
             keep_loss_sum(loss_sum, state)
             run.tick()
             run.save(LAST)
     bar.close()
     keep_loss_sum(loss_sum, state)
+    return stop_requested
 
 
 def keep_loss_sum(loss_sum, state):
@@ -331,46 +373,52 @@ def end_epoch(run, t0, tokens0):
         with run.averaging.weights(run.model):  # the weights that were just evaluated
             run.save(BEST)
         faults.point("best-saved")
-    append_metrics(run.dir, row)  # before last.pt: a resume from the previous last.pt drops this line again
+    if run.world.main:
+        append_metrics(run.dir, row)  # before last.pt: a resume from the previous last.pt drops this line again
     faults.point("logged")
     run.save(LAST)
     val_text = (f"val bpc {row['val_bpc']:.4f} | val acc {val.accuracy:.2%}" if level == "char"
                 else f"val ppl {row['val_ppl']:8.2f}")
-    print(f"epoch {state.epoch:3d} | train loss {train_loss:.4f} | val loss {val.loss:.4f} | {val_text} | "
-          f"lr {row['lr']:.4g} | {row['epoch_seconds']:.0f}s" + (" | saved best" if improved else "")
-          + (f" | {note}" if note else "") + (" | time budget reached" if row.get("partial") else ""), flush=True)
+    run.say(f"epoch {state.epoch:3d} | train loss {train_loss:.4f} | val loss {val.loss:.4f} | {val_text} | "
+            f"lr {row['lr']:.4g} | {row['epoch_seconds']:.0f}s" + (" | saved best" if improved else "")
+            + (f" | {note}" if note else "") + (" | time budget reached" if row.get("partial") else ""))
     return row
 
 
-def fit(cfg, ckpt=None, mode="new"):
+def fit(cfg, ckpt=None, mode="new", world=ONE_PROCESS):
     """Train according to cfg; returns 0 when finished and 130 when stopped by Ctrl-C."""
-    run = Run(cfg, ckpt, mode)
-    write_config(run.dir, cfg)
-    truncate_metrics(run.dir, run.state.epoch)
+    run = Run(cfg, ckpt, mode, world)
+    if world.main:
+        write_config(run.dir, cfg)
+        truncate_metrics(run.dir, run.state.epoch)
     nparams = sum(p.numel() for p in run.model.parameters())
     unit = "characters" if run.corpus.level == "char" else "words"
-    print(f"{run.corpus.source}: {len(run.corpus.itos):,} {unit}, {len(run.corpus.train):,} train tokens | "
-          f"{nparams:,} parameters | {run.device}, {cfg['dtype']} | run dir {run.dir}")
+    processes = f" | {world.size} processes" if world.active else ""
+    run.say(f"{run.corpus.source}: {len(run.corpus.itos):,} {unit}, {len(run.corpus.train):,} train tokens | "
+            f"{nparams:,} parameters | {run.device}, {cfg['dtype']}{processes} | run dir {run.dir}")
     if mode == "finetune":  # the model must beat its own starting point to be saved
         run.state.best_val_loss = run.validate().loss
-        print(f"fine-tuning from val ppl {math.exp(run.state.best_val_loss):.2f}")
+        run.say(f"fine-tuning from val ppl {math.exp(run.state.best_val_loss):.2f}")
     with StopOnInterrupt() as stop:
-        while run.state.epoch < cfg["epochs"] and not run.state.finished and not run.time_up():
+        while (run.state.epoch < cfg["epochs"] and not run.state.finished
+               and not distributed.any_rank(world, run.time_up(), run.device)):
             t0, tokens0 = time.time(), run.state.train_tokens
-            train_epoch(run, lambda: stop.requested or run.time_up())
-            if stop.requested and not run.epoch_done():  # mid-epoch: last.pt keeps the recurrent state
+            requested = train_epoch(run, lambda: stop.requested)
+            if requested and not run.epoch_done():  # mid-epoch: last.pt keeps the recurrent state
                 run.tick()
                 run.save(LAST)
-                print(f"stopped in epoch {run.state.epoch + 1} after batch {run.state.batches}; resume "
-                      f"with python train.py --resume {run.dir}")
+                run.say(f"stopped in epoch {run.state.epoch + 1} after batch {run.state.batches}; resume "
+                        f"with python train.py --resume {run.dir}")
                 return 130
             end_epoch(run, t0, tokens0)
-            if stop.requested:
-                print(f"stopped after epoch {run.state.epoch}; resume with python train.py --resume {run.dir}")
+            if distributed.any_rank(world, stop.requested, run.device):
+                run.say(f"stopped after epoch {run.state.epoch}; resume with python train.py --resume {run.dir}")
                 return 130
-    print(f"done: best val loss {run.state.best_val_loss:.4f} (ppl {math.exp(run.state.best_val_loss):.2f}) | "
-          f"{run.state.seconds / 60:.1f} min | evaluate with python evaluate.py {run.dir}")
-    if cfg["plot"]:
+    distributed.check_identical(world, dict(run.model.named_parameters()), "weights")
+    distributed.check_identical(world, run.averaging.average, "averaged weights")
+    run.say(f"done: best val loss {run.state.best_val_loss:.4f} (ppl {math.exp(run.state.best_val_loss):.2f}) | "
+            f"{run.state.seconds / 60:.1f} min | evaluate with python evaluate.py {run.dir}")
+    if cfg["plot"] and world.main:
         draw_run(run.dir)
     return 0
 
@@ -385,17 +433,32 @@ def draw_run(run_dir):
 
 
 def main(argv=None):
+    world = ONE_PROCESS
     try:
+        world = distributed.world_from_env()
         cfg, ckpt, mode = resolve_config(argv, __doc__)
-        print(json.dumps(cfg, indent=2))
-        return fit(cfg, ckpt, mode)
-    except (ConfigError, CheckpointError, DataError, FloatingPointError) as e:
+        if cfg["batch_size"] % world.size:
+            raise ConfigError(f"--batch-size {cfg['batch_size']} is the global batch and does not split over "
+                              f"{world.size} processes; make it a multiple of {world.size}")
+        if world.main:
+            print(json.dumps(cfg, indent=2))
+        if world.active and distributed.device(cfg["device"], world) == "cpu":
+            torch.set_num_threads(distributed.cpu_threads(world))
+        distributed.setup(world, torch.device(cfg["device"]).type, cfg["dist_timeout"])
+        return fit(cfg, ckpt, mode, world)
+    except (ConfigError, CheckpointError, DataError, FloatingPointError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except torch.distributed.DistError as e:  # another process failed or vanished
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"error: rank {world.rank}: lost contact with the other processes ({reason})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: aborted by a second Ctrl-C, without saving; last.pt holds the run's latest checkpoint",
               file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown(world)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def reference(tmp_path_factory):
     return data, cache, run, state(run), state(base / "reference-finetune")
 
 
-FAST = {"logged@3", "writing@20"}
+FAST = {"writing@20"}
 TRAIN_POINTS = [
     "batch@7",  # epoch 1, between periodic checkpoints
     "batch@53",  # epoch 3
