@@ -101,15 +101,17 @@ def columns(data, world):
     return data[:, world.rank * width:(world.rank + 1) * width]
 
 
-def step_sync(world, ce_sum, tokens, flags):
-    """(ce_sum and tokens summed over all processes, flags or-ed over them): one all-reduce."""
+def step_sync(world, ce_sum, tokens, flags, seconds):
+    """(ce_sum and tokens summed over all processes, flags or-ed over them, rank 0's seconds):
+    one all-reduce. Rank 0's clock is the one that time-based schedules read, so that every
+    process sets the same learning rate."""
     if not world.active:
-        return ce_sum, tokens, flags
-    rest = torch.tensor([float(tokens), *map(float, flags)], dtype=torch.float64, device=ce_sum.device)
-    t = torch.cat([ce_sum.double().view(1), rest])
+        return ce_sum, tokens, flags, seconds
+    rest = [float(tokens), seconds if world.main else 0.0, *map(float, flags)]
+    t = torch.cat([ce_sum.double().view(1), torch.tensor(rest, dtype=torch.float64, device=ce_sum.device)])
     dist.all_reduce(t)
     values = t.tolist()
-    return t[0], int(values[1]), tuple(v > 0 for v in values[2:])
+    return t[0], int(values[1]), tuple(v > 0 for v in values[3:]), values[2]
 
 
 def check_identical(world, tensors, what):

@@ -189,6 +189,7 @@ class Run:
         if world.main:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.mark = self.saved_at = time.time()  # state.seconds counts up to mark
+        self.clock = self.state.seconds  # under torchrun: rank 0's training time at the last step
 
     def restore(self, ckpt, averaging_mode):
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -262,8 +263,8 @@ class Run:
         part = self.state.position / (self.train_data.size(0) - 1)
         if self.cfg["max_batches"]:
             part = max(part, self.state.batches / self.cfg["max_batches"])
-        return planned_progress(self.state.epoch + part, self.cfg["epochs"], self.elapsed(),
-                                self.cfg["max_minutes"])
+        seconds = self.clock if self.world.active else self.elapsed()
+        return planned_progress(self.state.epoch + part, self.cfg["epochs"], seconds, self.cfg["max_minutes"])
 
     def validate(self):
         """Validation scores of the weights that model.pt would hold (the average once active);
@@ -301,8 +302,9 @@ def train_epoch(run, requested):
         step = train_step(run.net, x, y, run.hidden, run.optimizer, cfg, factor, workspace)
         run.hidden = step.hidden
         run.averaging.after_step(model)
-        ce_sum, n, (stop_requested, time_up, due) = distributed.step_sync(
-            run.world, step.ce * y.numel(), y.numel(), (requested(), run.time_up(), run.checkpoint_due()))
+        ce_sum, n, (stop_requested, time_up, due), run.clock = distributed.step_sync(
+            run.world, step.ce * y.numel(), y.numel(), (requested(), run.time_up(), run.checkpoint_due()),
+            run.elapsed())
         loss_sum += ce_sum
         state.train_tokens += n
         state.position += x.size(0)

@@ -173,3 +173,14 @@ def test_resuming_with_another_number_of_processes_is_a_one_line_error(trained_r
     with pytest.raises(train.ConfigError, match="trained by 1 process.*resume it with 1"):
         train.Run(cfg, ckpt, mode, world)
 
+
+
+@pytest.mark.slow
+def test_a_time_budget_schedule_gives_every_process_the_same_learning_rate(tmp_path):
+    """One-cycle over --max-minutes reads rank 0's clock on every process; with each process's own
+    clock the learning rates, and so the weights, would differ (check_identical would fail)."""
+    data = write_corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    torchrun(["--data", data, *TINY, "--optimizer", "adam", "--lr", "0.01", "--schedule", "onecycle",
+              "--max-minutes", "0.1", "--epochs", "1000", "--save", run], tmp_path)
+    assert metrics(run)[-1].get("partial")
