@@ -129,6 +129,11 @@ def adapting(model, ms, settings):
         model.zero_grad(set_to_none=True)
 
 
+# At batch 1 and 5 steps with gradients, our recurrence runs an AWD-LSTM layer's forward and
+# backward 2.2-2.4x faster than oneDNN's, which reorders the weights on every call (README).
+DYNAMIC_LSTM_KERNEL = "own"
+
+
 def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False):
     """(mean nats per token, accuracy) of source (rows, batch) under dynamic evaluation from the
     model's current weights θ0, which it holds again on return."""
@@ -137,7 +142,7 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False):
     nats = torch.zeros((), dtype=torch.float64, device=source.device)
     correct = torch.zeros((), dtype=torch.float64, device=source.device)
     starts = segments(source, settings.bptt)
-    with adapting(model, ms, settings) as adaptation:
+    with adapting(model, ms, settings) as adaptation, model.lstm_kernel(DYNAMIC_LSTM_KERNEL):
         for i in tqdm(starts, desc="dynamic evaluation", unit="seg", disable=not progress, leave=False,
                       mininterval=0.5 if sys.stderr.isatty() else 60):
             x, y = get_batch(source, i, settings.bptt)

@@ -14,6 +14,7 @@ output before and after its dropout (`raw`, `dropped`) for the AR/TAR penalties 
 Each regularizer (LockedDropout, embedding_dropout, WeightDropLSTM, AR, TAR) names its paper
 section, its mask shape and what it does in eval mode.
 """
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -218,6 +219,11 @@ class LanguageModel(nn.Module):
     """The end of the forward pass, shared by both models: a subclass's features() runs the
     network up to the decoder's input; forward, loss and score finish it."""
 
+    def lstm_kernel(self, kernel):
+        """A context in which the recurrent layers run in `kernel`; the baseline's nn.LSTM/GRU/RNN
+        has one kernel only, so here nothing changes."""
+        return nullcontext()
+
     def forward(self, tokens, hidden, targets=None, workspace=None):
         """tokens (seq_len, batch) -> LMOutput with the logits (seq_len, batch, vocab); with
         targets (seq_len, batch), loss()'s (mean cross-entropy, LMOutput) instead. Training calls
@@ -303,6 +309,18 @@ class AWDLSTM(LanguageModel):
         weight = self.encoder.weight
         return [(weight.new_zeros(1, batch_size, h), weight.new_zeros(1, batch_size, h))
                 for _, h in self.cfg.layer_sizes()]
+
+    @contextmanager
+    def lstm_kernel(self, kernel):
+        """Run the LSTM layers in `kernel` (see WeightDropLSTM) for the body, then as before."""
+        saved = [rnn.kernel for rnn in self.rnns]
+        for rnn in self.rnns:
+            rnn.kernel = kernel
+        try:
+            yield
+        finally:
+            for rnn, k in zip(self.rnns, saved, strict=True):
+                rnn.kernel = k
 
 
 class RNNModel(LanguageModel):
