@@ -130,7 +130,7 @@ def adapting(model, ms, settings):
 
 
 # At batch 1 and 5 steps with gradients, our recurrence runs an AWD-LSTM layer's forward and
-# backward 2.2-2.4x faster than oneDNN's, which reorders the weights on every call (README).
+# backward 2.1-2.4x faster than oneDNN's, which reorders the weights on every call (README).
 DYNAMIC_LSTM_KERNEL = "own"
 
 
