@@ -140,7 +140,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     keys = list(rows[0][0])
     lines = [f"# {args.method} on the first {source.size(0) - 1:,} tokens of valid, {args.run}", "",
-             f"published settings for {name}: {published}" if published else "", "",
+             *([f"Published settings for {name}: {published}", ""] if published else []),
              "The row of zeros is plain evaluation.", "",
              "| " + " | ".join(keys) + " | val loss | val ppl |", "|" + "---|" * (len(keys) + 2)]
     lines += ["| " + " | ".join(f"{s[k]:.4g}" for k in keys) + f" | {loss:.4f} | {math.exp(loss):.2f} |"
@@ -154,7 +154,10 @@ def main(argv=None):
     if best == rows_plain(rows):
         print("no setting beats plain evaluation")
     else:
-        print(f"score test once with: python evaluate.py {args.run} {method_flags(args.method, best)}")
+        extra = "" if args.method == "cache" else (
+            (f" --dyn-bptt {args.dyn_bptt}" if args.dyn_bptt != 5 else "")
+            + (f" --dyn-stat-batches {args.dyn_stat_batches}" if args.dyn_stat_batches else ""))
+        print(f"score test once with: python evaluate.py {args.run} {method_flags(args.method, best)}{extra}")
     return 0
 
 

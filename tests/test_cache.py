@@ -159,3 +159,19 @@ def test_the_tuning_grid_scores_each_setting_as_evaluation_does():
         expected = evaluate.evaluate(model, source, cache=PointerCache(s["window"], s["theta"], s["lam"])).loss
         assert loss == pytest.approx(expected, rel=1e-6), s
     assert rows[0][1] == evaluate.evaluate(model, source).loss
+
+
+def test_tune_writes_its_table_and_the_command_for_test(trained_run, tmp_path, capsys):
+    import tune
+    run, _ = trained_run
+    flags = ["--windows", "5", "50", "--thetas", "0.5", "--lambdas", "0.1", "--out", str(tmp_path)]
+    assert tune.main([str(run), "--method", "cache", *flags]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "tune-cache.json").read_text())["rows"]
+    assert len(rows) == 3 and rows == sorted(rows, key=lambda r: r["val_loss"])
+    best = rows[0]
+    if best["window"]:
+        assert f"--cache --cache-window {best['window']} --cache-theta {best['theta']:g}" in out
+    else:
+        assert "no setting beats plain evaluation" in out
+    assert "| window | theta | lam | val loss | val ppl |" in (tmp_path / "tune-cache.md").read_text()
