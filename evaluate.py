@@ -202,20 +202,20 @@ def prepare(args):
     cache, dynamic = make_cache(args, data), make_dynamic(args, data)
     if cache and dynamic:
         raise DataError("--cache and --dynamic-eval do not combine yet; run them one at a time")
-    if dynamic and args.window:
+    if dynamic and args.window is not None:
         raise DataError("--window does not apply to --dynamic-eval, whose windows are --dyn-bptt tokens")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
-    batch_size = args.batch_size or (10 if args.split in ("valid", "train") and not (cache or dynamic) else 1)
-    window = dynamic.bptt if dynamic else args.window or eval_window(batch_size)
-    if batch_size < 1 or window < 1:
+    batch_size = args.batch_size
+    if batch_size is None:
+        batch_size = 10 if args.split in ("valid", "train") and not (cache or dynamic) else 1
+    if batch_size < 1 or (args.window is not None and args.window < 1):
         raise DataError("--batch-size and --window must be positive")
+    window = dynamic.bptt if dynamic else args.window if args.window is not None else eval_window(batch_size)
     stats_source = None
     if dynamic:
-        if len(corpus.train) < STAT_BATCH_SIZE * (dynamic.bptt + 1):
+        needed = STAT_BATCH_SIZE * (dynamic.bptt + 1)
+        if len(corpus.train) < needed:
             raise DataError(f"--dynamic-eval takes its gradient statistics from the training split, and {data} "
-                            f"has only {len(corpus.train):,} training tokens (it needs "
-                            f"{STAT_BATCH_SIZE * (dynamic.bptt + 1):,})")
+                            f"has only {len(corpus.train):,} training tokens (it needs {needed:,})")
         stats_source = batchify(corpus.train, STAT_BATCH_SIZE, device)
     source = batchify(corpus.split(args.split), batch_size, device)
     return Job(model, ckpt, level, source, window, cache, dynamic, stats_source)

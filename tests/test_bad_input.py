@@ -125,6 +125,7 @@ CASES = [
     ("negative top-k", "generate", lambda t, r, d: [r, "--top-k", "-1"], "--top-k"),
     ("negative words", "generate", lambda t, r, d: [r, "--words", "-3"], "--words"),
     ("batch size 0, evaluate", "evaluate", lambda t, r, d: [r, "--batch-size", "0"], "--batch-size"),
+    ("window 0, evaluate", "evaluate", lambda t, r, d: [r, "--window", "0"], "--window must be positive"),
     ("unknown split", "evaluate", lambda t, r, d: [r, "--split", "dev"], "invalid choice"),
 ]
 
