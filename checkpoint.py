@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 import faults
 from model import build_model, config_from_dict
 
@@ -80,7 +81,7 @@ def load_checkpoint(run, name=BEST, map_location="cpu"):
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = cli.first_line(e)
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict) or not {"model", "model_config", "train_config"} <= ckpt.keys():
         raise CheckpointError(f"{path} is not a checkpoint written by train.py")

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import torch
 
+import cli
+
 EOS = "<eos>"
 UNK = "<unk>"
 
@@ -295,7 +297,7 @@ def load_hub(name, level="word"):
         if offline:
             reason = f"{hub_host()} is unreachable and the local Hugging Face cache has no copy"
         else:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            reason = cli.first_line(e)
         raise DataError(f"could not load {name} ({where}) from the Hugging Face hub: {reason}; "
                         f"{LOCAL_HINT}") from None
     missing = [s for s in HUB_SPLITS.values() if s not in ds]

@@ -23,6 +23,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+import cli
+
 
 class DistributedError(Exception):
     """A distributed setup that cannot run, reported as one line."""
@@ -70,10 +72,9 @@ def setup(world, device_type, timeout_s):
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         dist.barrier()
     except (RuntimeError, ValueError, dist.DistError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise DistributedError(f"rank {world.rank} of {world.size}: the rendezvous at "
                                f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} failed "
-                               f"within {timeout_s:g} s ({reason}); are all processes started?") from None
+                               f"within {timeout_s:g} s ({cli.first_line(e)}); are all processes started?") from None
 
 
 def teardown(world):

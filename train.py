@@ -26,6 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import cli
 import distributed
 import faults
 from checkpoint import (
@@ -452,8 +453,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except torch.distributed.DistError as e:  # another process failed or vanished
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(f"error: rank {world.rank}: lost contact with the other processes ({reason})", file=sys.stderr)
+        print(f"error: rank {world.rank}: lost contact with the other processes ({cli.first_line(e)})",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: aborted by a second Ctrl-C, without saving; last.pt holds the run's latest checkpoint",
