@@ -114,18 +114,12 @@ def mixture_scores(log_probs, targets, weights, lam, key_words):
     weights (n, batch, K) attention over keys whose next words are key_words (batch, K); lam
     (n, 1) per position. The target's log-probability is mixed in log space, so that lam = 0
     gives the model's own log-probability bit for bit."""
-    mixed = mixed_log_likelihood(log_probs.gather(2, targets[..., None]).squeeze(2), targets, weights, lam,
-                                 key_words)
+    model_lp = log_probs.gather(2, targets[..., None]).squeeze(2)
+    mixed = mix(model_lp, cache_probability(targets, weights, key_words), lam)
     probs = log_probs.exp_().mul_((1 - lam)[..., None])
     probs.scatter_add_(2, key_words[None].expand_as(weights), weights * lam[..., None])
     correct = (probs.argmax(2) == targets).sum(dtype=torch.float64)
     return mixed.sum(), correct
-
-
-def mixed_log_likelihood(model_lp, targets, weights, lam, key_words):
-    """log(lam * p_cache(target) + (1 - lam) * p_model(target)), shape (n, batch), from the model's
-    target log-probabilities model_lp (n, batch); the other arguments as in mixture_scores."""
-    return mix(model_lp, cache_probability(targets, weights, key_words), lam)
 
 
 def cache_probability(targets, weights, key_words):

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 import cli
+from model import map_hidden
 
 
 class DistributedError(Exception):
@@ -135,23 +136,19 @@ def join_columns(world, hidden):
     lists and tuples) joined along the columns in rank order: the state of the global batch."""
     if not world.active or hidden is None:
         return hidden
-    return _cat_columns(gather(world, _to_cpu(hidden)))
+    return _cat_columns(gather(world, map_hidden(lambda h: h.detach().cpu(), hidden)))
 
 
 def split_columns(hidden, world):
     """This process's columns of a global recurrent state (the inverse of join_columns)."""
     if not world.active or hidden is None:
         return hidden
-    if isinstance(hidden, torch.Tensor):
-        width = hidden.size(1) // world.size
-        return hidden[:, world.rank * width:(world.rank + 1) * width]
-    return type(hidden)(split_columns(h, world) for h in hidden)
 
+    def own(h):
+        width = h.size(1) // world.size
+        return h[:, world.rank * width:(world.rank + 1) * width]
 
-def _to_cpu(hidden):
-    if isinstance(hidden, torch.Tensor):
-        return hidden.detach().cpu()
-    return type(hidden)(_to_cpu(h) for h in hidden)
+    return map_hidden(own, hidden)
 
 
 def _cat_columns(states):
