@@ -318,6 +318,12 @@ def load_hub(name, level="word"):
     return corpus
 
 
+def corpus_name(data):
+    """The name that tables of published settings are keyed by, for a --data value: the bundled
+    or hub name, or a folder's last component (../shared/data/wikitext-2 -> wikitext-2)."""
+    return Path(data.removeprefix("hub:")).name
+
+
 def load_corpus(data, level="word"):
     """--data value -> Corpus at `level` ("word" or "char"): a corpus bundled in data/
     (wikitext-2, tinyshakespeare), a hub name from HUB_DATASETS (wikitext-103, ptb; "hub:NAME"

@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -23,7 +22,7 @@ import cli
 import faults
 from cache import CACHE_DEFAULTS, PointerCache, check_settings
 from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
-from data import DataError, batchify, get_batch, load_corpus
+from data import DataError, batchify, corpus_name, get_batch, load_corpus
 from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, gradient_statistics
 from dyneval import check_settings as check_dynamic
 from kernels import DTYPES, Workspace, autocast
@@ -149,7 +148,7 @@ def make_dynamic(args, data):
     corpus's entry in DYNAMIC_DEFAULTS (PTB's, the published code's defaults, for other corpora)."""
     if not args.dynamic_eval:
         return None
-    known = DYNAMIC_DEFAULTS.get(Path(data.removeprefix("hub:")).name, DYNAMIC_DEFAULTS["ptb"])
+    known = DYNAMIC_DEFAULTS.get(corpus_name(data), DYNAMIC_DEFAULTS["ptb"])
     given = {"lr": args.dyn_lr, "lam": args.dyn_lambda, "epsilon": args.dyn_epsilon}
     settings = DynamicSettings(**{k: getattr(known, k) if v is None else v for k, v in given.items()},
                                bptt=args.dyn_bptt)
@@ -164,7 +163,7 @@ def make_cache(args, data):
     corpus's entry in CACHE_DEFAULTS."""
     if not args.cache:
         return None
-    known = CACHE_DEFAULTS.get(Path(data.removeprefix("hub:")).name)
+    known = CACHE_DEFAULTS.get(corpus_name(data))
     given = (args.cache_window, args.cache_theta, args.cache_lambda)
     if known is None and None in given:
         raise DataError(f"no cache defaults for {data} (known: {', '.join(CACHE_DEFAULTS)}); give "

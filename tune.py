@@ -27,7 +27,7 @@ from tqdm import tqdm
 import cli
 from cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
 from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
-from data import DataError, batchify, load_corpus
+from data import DataError, batchify, corpus_name, load_corpus
 from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, gradient_statistics
 from evaluate import evaluate
 
@@ -121,7 +121,7 @@ def main(argv=None):
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = Path(ckpt["data"].removeprefix("hub:")).name
+    name = corpus_name(ckpt["data"])
     t0 = time.time()
     if args.method == "cache":
         grid = {"window": args.windows, "theta": args.thetas, "lam": args.lambdas or CACHE_GRID["lam"]}
