@@ -10,10 +10,10 @@ accuracy. Against epochs, or with --x minutes against the run's training time (v
 included, summed over resumed sessions). All of it comes from each run's metrics.jsonl.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
+import checkpoint
 import cli
 from checkpoint import METRICS
 
@@ -23,10 +23,11 @@ class PlotError(Exception):
 
 
 def read_metrics(run):
+    """checkpoint.read_metrics, with a PlotError where there is nothing to draw."""
     path = Path(run) / METRICS
     if not path.is_file():
         raise PlotError(f"{run} has no {METRICS}: is it a run directory made by train.py?")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = checkpoint.read_metrics(run)
     if not rows:
         raise PlotError(f"{path} is empty: the run has not finished an epoch yet")
     return rows

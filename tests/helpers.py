@@ -1,4 +1,5 @@
 """Shared test helpers: tiny corpora, tiny run flags, and readers of a run directory."""
+import hashlib
 import random
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def metrics(run):
     """Per-epoch numbers of a run, without the wall-clock fields."""
     return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "train_tokens_per_s", "minutes")}
             for r in read_metrics(run)]
+
+
+def digests(folder):
+    """File name -> SHA-256 of its bytes, for every file in folder: to check that nothing changed."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def weights(run, name="last.pt"):

@@ -1,7 +1,6 @@
 """The bad-input matrix: each case through the command line of train.py, evaluate.py or
 generate.py must end with exit code 2, one line on stderr that starts with "error:", no
 traceback, and no file of an existing run directory changed."""
-import hashlib
 import pickle
 
 import pytest
@@ -11,7 +10,7 @@ import evaluate
 import generate
 import train
 from checkpoint import BEST
-from helpers import AWD_TINY, TINY, write_corpus
+from helpers import AWD_TINY, TINY, digests, write_corpus
 
 SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main}
 
@@ -138,10 +137,6 @@ def only_train(tmp):
     (folder / "valid.txt").unlink()
     (folder / "test.txt").unlink()
     return folder
-
-
-def digests(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def test_the_matrix_has_at_least_30_cases():

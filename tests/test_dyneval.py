@@ -1,5 +1,4 @@
 """Dynamic evaluation (dyneval.py) against plain evaluation and hand computations."""
-import hashlib
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import dyneval
 import evaluate
 import train
 from dyneval import DynamicSettings, dynamic_evaluate, gradient_statistics
-from helpers import TINY, write_corpus
+from helpers import TINY, digests, write_corpus
 from model import AWDLSTM, AWDConfig
 
 
@@ -141,12 +140,12 @@ def test_evaluate_leaves_the_run_directory_unchanged(tmp_path):
     data = write_corpus(tmp_path / "corpus")
     run = tmp_path / "run"
     assert train.main(["--data", str(data), "--save", str(run), "--epochs", "1", *TINY]) == 0
-    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
+    before = digests(run)
     flags = ["--dynamic-eval", "--dyn-lr", "1e-3", "--dyn-stat-batches", "3", "--json", str(tmp_path / "d.json")]
     assert evaluate.main([str(run), *flags]) == 0
     result = json.loads((tmp_path / "d.json").read_text())
     assert result["batch_size"] == 1 and result["window"] == 5 and result["dynamic_eval"]["lr"] == 1e-3
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()} == digests
+    assert digests(run) == before
 
 
 @pytest.mark.parametrize("flags, message", [

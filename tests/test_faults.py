@@ -7,7 +7,6 @@ The default suite runs the points marked fast. The run: a small AWD-LSTM on CPU 
 regularizer on, checkpoints every 0.06 s of training, NT-ASGD's trigger at the end of epoch 4
 of 6 (checked by the reference), then fine-tuning for up to 3 epochs.
 """
-import hashlib
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from helpers import AWD_TINY, ROOT, metrics, write_corpus
+from helpers import AWD_TINY, ROOT, digests, metrics, write_corpus
 
 RUN = [*AWD_TINY, "--lr", "20", "--max-batches", "20", "--nonmono", "1", "--epochs", "6",
        "--checkpoint-every", "0.001"]
@@ -131,10 +130,6 @@ def test_killed_finetuning_resumes_to_the_same_result(reference, tmp_path, point
     assert train(data, args, fault=point, cache=cache) == -signal.SIGKILL
     finish(data, tmp_path / "run-finetune", args, cache)
     assert_same(state(tmp_path / "run-finetune"), expected)
-
-
-def digests(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.parametrize("script, args, point", [
