@@ -70,7 +70,8 @@ class PlainLSTM(LanguageModel):
         if tied:
             self.decoder.weight = self.encoder.weight
 
-    def features(self, tokens, hidden):
+    def features(self, tokens, hidden, tied=None):
+        """A dense lookup: tied is left unused, so the decoder returns its gradient itself."""
         x, new_hidden = self.encoder(tokens), []
         for rnn, state in zip(self.rnns, hidden, strict=True):
             x, state = rnn(x, state)

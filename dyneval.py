@@ -16,14 +16,17 @@ a decay towards the trained weights θ0 ("RMS with an RMS global prior"):
 The recurrent state is carried from segment to segment, as in plain evaluation. The model's
 weights are θ0 again when dynamic_evaluate returns, whatever happened inside it.
 """
+import hashlib
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from data import get_batch
+from checkpoint import CheckpointError, write_atomically
+from data import DataError, get_batch
 from kernels import Workspace, autocast
 from model import detach_hidden
 
@@ -68,6 +71,14 @@ def segments(source, bptt):
     return range(0, source.size(0) - 1, bptt)
 
 
+# How AWD-LSTM's layers run here (WeightDropLSTM's kernels), chosen by measurement (README,
+# results/eval-methods/): at batch 1 and 5 steps with gradients our recurrence beats oneDNN, which
+# reorders the weights on every call; for the statistics (100 x 5 tokens) it is faster in fp32,
+# and "auto" in bf16.
+DYNAMIC_LSTM_KERNEL = "own"
+STATS_LSTM_KERNEL = {"fp32": "own", "bf16": "auto"}
+
+
 def gradient_statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=False):
     """MS per parameter (name -> tensor): the root mean square of the gradients of the mean loss
     of bptt-token segments of source (rows, batch), in eval mode, over its first max_batches
@@ -77,24 +88,59 @@ def gradient_statistics(model, source, bptt, max_batches=None, dtype="fp32", pro
     sums = {n: torch.zeros_like(p) for n, p in params.items()}
     starts = segments(source, bptt)[:max_batches]
     hidden, workspace = model.init_hidden(source.size(1)), Workspace()
-    for i in tqdm(starts, desc="gradient statistics", unit="seg", disable=not progress, leave=False,
-                  mininterval=0.5 if sys.stderr.isatty() else 60):
-        x, y = get_batch(source, i, bptt)
-        with autocast(x.device, dtype):
-            ce, out = model.loss(x, y, detach_hidden(hidden), workspace)
-        model.zero_grad(set_to_none=False)
-        ce.backward()
-        for n, p in params.items():
-            sums[n].addcmul_(p.grad, p.grad)
-        hidden = out.hidden
-    model.zero_grad(set_to_none=True)
+    with model.lstm_kernel(STATS_LSTM_KERNEL[dtype]):
+        for i in tqdm(starts, desc="gradient statistics", unit="seg", disable=not progress, leave=False,
+                      mininterval=0.5 if sys.stderr.isatty() else 60):
+            x, y = get_batch(source, i, bptt)
+            with autocast(x.device, dtype):
+                ce, out = model.loss(x, y, detach_hidden(hidden), workspace)
+            for s, g in zip(sums.values(), torch.autograd.grad(ce, list(params.values())), strict=True):
+                s.addcmul_(g, g)
+            hidden = out.hidden
     return {n: (s / len(starts)).sqrt_() for n, s in sums.items()}
+
+
+STATS_FORMAT = 1  # of the files that statistics() keeps
+
+
+def _digest(tensors):
+    """sha256 of the tensors' bytes, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=False, path=None):
+    """gradient_statistics, kept in the file at path (when given) for the next split or run: read
+    from it when it was made from these weights, training data and settings, else computed and
+    written there (atomically). A file made for anything else is a DataError, not overwritten."""
+    if path is None:
+        return gradient_statistics(model, source, bptt, max_batches, dtype, progress)
+    path = Path(path)
+    key = {"weights": _digest(p for _, p in sorted(model.named_parameters())), "data": _digest([source]),
+           "bptt": bptt, "stat_batches": max_batches, "dtype": dtype}
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location=source.device, weights_only=True)
+            saved_key, ms = saved["key"], saved["ms"]
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+            raise CheckpointError(f"cannot read gradient statistics from {path}: {str(e).splitlines()[0]}") from None
+        differ = [k for k in key if saved_key.get(k) != key[k]]
+        if saved.get("format") != STATS_FORMAT or differ:
+            raise DataError(f"{path} holds gradient statistics of other {', '.join(differ) or 'format'}; give "
+                            "--dyn-stats another path or delete the file")
+        return ms
+    ms = gradient_statistics(model, source, bptt, max_batches, dtype, progress)
+    write_atomically(path, lambda f: torch.save({"format": STATS_FORMAT, "key": key, "ms": ms}, f))
+    return ms
 
 
 class Adaptation:
     """The update rule with its per-entry constants, made once from MS. With the decay
     d = lam * r, the step is θ <- θ ⊙ (1 - d) + d ⊙ θ0 - (lr / (MS + epsilon)) ⊙ g: two passes over
-    the weights, with no allocation. restore() puts θ0 back."""
+    the weights, with no allocation. step(grads) takes g in the order of model.parameters();
+    restore() puts θ0 back."""
 
     def __init__(self, model, ms, settings):
         self.params = [p for _, p in model.named_parameters()]
@@ -108,10 +154,10 @@ class Adaptation:
         self.neg_step = [-s.lr / (m + s.epsilon) for m in ms]
 
     @torch.no_grad()
-    def step(self):
-        for p, keep, pull, neg_step in zip(self.params, self.keep, self.pull, self.neg_step, strict=True):
+    def step(self, grads):
+        for p, g, keep, pull, neg_step in zip(self.params, grads, self.keep, self.pull, self.neg_step, strict=True):
             torch.addcmul(pull, p, keep, out=p)
-            p.addcmul_(neg_step, p.grad)
+            p.addcmul_(neg_step, g)
 
     @torch.no_grad()
     def restore(self):
@@ -126,12 +172,8 @@ def adapting(model, ms, settings):
         yield adaptation
     finally:
         adaptation.restore()
-        model.zero_grad(set_to_none=True)
 
 
-# At batch 1 and 5 steps with gradients, our recurrence runs an AWD-LSTM layer's forward and
-# backward 2.1-2.4x faster than oneDNN's, which reorders the weights on every call (README).
-DYNAMIC_LSTM_KERNEL = "own"
 
 
 def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False):
@@ -150,9 +192,7 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False):
                 ce, n, c, out = model.scored_loss(x, y, detach_hidden(hidden), workspace)
             nats += n  # scored before the update that learns from it
             correct += c
-            model.zero_grad(set_to_none=False)
-            ce.backward()
-            adaptation.step()
+            adaptation.step(torch.autograd.grad(ce, adaptation.params))
             hidden = out.hidden
     tokens = (source.size(0) - 1) * source.size(1)
     return nats.item() / tokens, correct.item() / tokens

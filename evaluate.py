@@ -23,7 +23,7 @@ import faults
 from cache import CACHE_DEFAULTS, PointerCache, check_settings
 from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
 from data import DataError, batchify, corpus_name, get_batch, load_corpus
-from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, gradient_statistics
+from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
 from dyneval import check_settings as check_dynamic
 from kernels import DTYPES, Workspace, autocast
 
@@ -140,6 +140,10 @@ def get_parser():
     g.add_argument("--dyn-stat-batches", type=int, default=None,
                    help=f"segments of the training data ({STAT_BATCH_SIZE} columns x --dyn-bptt tokens) "
                         "for the gradient statistics (default: all of it, as published)")
+    g.add_argument("--dyn-stats", metavar="FILE", default=None,
+                   help="keep the gradient statistics in FILE: read them from it when it was made from the same "
+                        "weights, training data, --dyn-bptt, --dyn-stat-batches and --dtype, else compute them "
+                        "and write it, so that scoring another split skips them (default: compute every time)")
     return p
 
 
@@ -230,10 +234,14 @@ def main(argv=None):
     t0 = time.time()
     extra = {}
     if job.dynamic:
-        ms = gradient_statistics(job.model, job.stats_source, job.dynamic.bptt, args.dyn_stat_batches, args.dtype,
-                                 progress=True)
+        try:
+            ms = statistics(job.model, job.stats_source, job.dynamic.bptt, args.dyn_stat_batches, args.dtype,
+                            progress=True, path=args.dyn_stats)
+        except (CheckpointError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         extra["dynamic_eval"] = {**asdict(job.dynamic), "stat_batches": args.dyn_stat_batches,
-                                 "stat_seconds": round(time.time() - t0, 2)}
+                                 "stat_seconds": round(time.time() - t0, 2), "stats_file": args.dyn_stats}
         scores = Scores(*dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True))
     else:
         scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True, cache=job.cache)

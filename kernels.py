@@ -12,6 +12,7 @@ Each computes the same function as the plain PyTorch code it replaces: tests/tes
 pins that exactly in fp32 and within tolerance in bf16.
 """
 import torch
+import torch.nn.functional as F
 
 DTYPES = ("fp32", "bf16")
 
@@ -43,7 +44,7 @@ def compute_dtype(device_type, default):
 def _times_transposed(weight, rows):
     """x -> x @ weight.T for x of `rows` rows, called once per time step. On CPU in bf16 the
     weight is packed once into oneDNN's blocked layout, where a plain mm would re-pack it on
-    every call."""
+    every call. weight may be a transposed view: neither path copies it first."""
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
@@ -103,7 +104,7 @@ class _LSTMSequence(torch.autograd.Function):
         one = torch.ones((), **f32)
         i, f, g, o = gate.split(hid, 1)
         di, df, dg, do = d_gate.split(hid, 1)
-        recurrent = _times_transposed(w_hh.t().contiguous(), batch)  # dh_{t-1} = d_gates_t @ w_hh
+        recurrent = _times_transposed(w_hh.t(), batch)  # dh_{t-1} = d_gates_t @ w_hh
         for t in reversed(range(steps)):
             gate.copy_(gates[t])
             tanh_c.copy_(tanh_cells[t])
@@ -179,26 +180,48 @@ def _chunks(features, targets, rows):
 
 
 class Workspace:
-    """Scratch (rows, vocab) matrices for linear_cross_entropy and linear_scores, one per dtype,
-    reused by every chunk and, when the caller keeps the Workspace, by every call: on CPU a fresh
-    buffer this large is page-faulted in on each allocation, which costs as much as a pass over it."""
+    """Scratch (rows, vocab) matrices for linear_cross_entropy and linear_scores, one per name and
+    dtype, reused by every chunk and, when the caller keeps the Workspace, by every call: on CPU a
+    fresh buffer this large is page-faulted in on each allocation, which costs as much as a pass
+    over it."""
 
     def __init__(self):
         self.flat = {}
 
-    def matrix(self, rows, cols, dtype, device):
-        flat = self.flat.get(dtype)
+    def matrix(self, rows, cols, dtype, device, name="logits"):
+        flat = self.flat.get((name, dtype))
         if flat is None or flat.numel() < rows * cols or flat.device != device:
-            flat = self.flat[dtype] = torch.empty(rows * cols, dtype=dtype, device=device)
+            flat = self.flat[name, dtype] = torch.empty(rows * cols, dtype=dtype, device=device)
         return flat[:rows * cols].view(rows, cols)
 
 
-def _decoder_operands(weight, bias, dtype):
-    """(weight, its transpose, bias) in the matmul dtype. The transpose is made contiguous: the
-    logits' matmul reads a (d, vocab) matrix much faster than the transposed view of a (vocab, d)
-    one (results/decoder/)."""
+# Chunks of at least this many rows read the decoder weight from a contiguous transposed copy;
+# smaller ones (dynamic evaluation's 5-token segments) from a transposed view of it.
+CONTIGUOUS_MIN_ROWS = 256
+
+
+def _decoder_operands(weight, bias, dtype, rows):
+    """(weight, its transpose, bias) in the matmul dtype, for chunks of `rows` rows. For large
+    chunks the transpose is made contiguous: the logits' matmul reads a (d, vocab) matrix much
+    faster than the transposed view of a (vocab, d) one (results/decoder/). For a few rows the
+    matmul is a pass over the weight either way, and the copy would cost more than it saves."""
     w = weight.to(dtype)
-    return w, w.t().contiguous(), bias.to(dtype)
+    return w, w.t().contiguous() if rows >= CONTIGUOUS_MIN_ROWS else w.t(), bias.to(dtype)
+
+
+def _score_chunk(logits, log_probs, targets, mix=None, start=0):
+    """(summed target log-likelihood (fp32), correct argmax predictions (float64)) of one chunk's
+    logits (rows, vocab), its log-softmax taken in fp32 in log_probs: logits itself when they are
+    fp32 and may be overwritten, else a buffer of their shape. With mix (see linear_scores),
+    mix(start, log_probs, targets) scores the chunk instead."""
+    if log_probs is not logits:
+        log_probs.copy_(logits)
+    if mix is not None:
+        torch.log_softmax(log_probs, dim=1, out=log_probs)
+        return mix(start, log_probs, targets)
+    correct = _argmax_hits_(log_probs, targets)  # in fp32, where amax reads faster than in bf16
+    torch.log_softmax(log_probs, dim=1, out=log_probs)
+    return log_probs.gather(1, targets[:, None]).sum(), correct
 
 
 def _softmax_minus_onehot_(probs, targets):
@@ -226,48 +249,110 @@ def _softmax_minus_onehot_(probs, targets):
 class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss *and* its gradients, one chunk of rows at a time; backward
     only scales them by the incoming gradient. The (tokens, vocab) logits, their softmax and
-    its gradient never exist whole, which saves most of the memory traffic of the softmax."""
+    its gradient never exist whole, which saves most of the memory traffic of the softmax.
+    With score=True it also scores the same logits as linear_scores does, and returns the
+    summed nats and correct predictions (not differentiable) after the loss. With a TiedGradient
+    that an embedding lookup of the weight has joined, the weight's gradient goes to it."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, targets, rows, workspace):
+    def forward(ctx, features, weight, bias, targets, rows, workspace, score, tied):
         device = features.device
         dtype = compute_dtype(device.type, features.dtype)  # of the matmul operands
+        n = features.size(0)
+        rows = min(rows, n)
         grad_features = torch.empty_like(features)
-        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        grad_weight = grad_bias = None  # fp32 sums over chunks, in the weight's dtype
         loss = torch.zeros((), dtype=torch.float32, device=device)
-        probs_all = workspace.matrix(min(rows, features.size(0)), weight.size(0), dtype, device)
+        nats = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
+        probs_all = workspace.matrix(rows, weight.size(0), dtype, device)
+        log_probs_all = workspace.matrix(rows, weight.size(0), torch.float32, device, "log_probs") if score else None
         with torch.autocast(device.type, enabled=False):
-            w, w_t, b = _decoder_operands(weight, bias, dtype)
+            w, w_t, b = _decoder_operands(weight, bias, dtype, rows)
             for start, x, t in _chunks(features.to(dtype), targets, rows):
                 probs = probs_all[:x.size(0)]
                 torch.addmm(b, x, w_t, out=probs)  # logits (rows, vocab)
+                if score:
+                    log_likelihood, hits = _score_chunk(probs, log_probs_all[:x.size(0)], t)
+                    nats -= log_likelihood
+                    correct += hits
                 loss += _softmax_minus_onehot_(probs, t)  # probs is now d loss / d logits
                 grad_features[start:start + x.size(0)] = probs @ w
-                grad_weight.add_(probs.t() @ x)  # summed over chunks in fp32, the weight's dtype
-                grad_bias.add_(probs.sum(0))
-        n = features.size(0)
+                chunk_weight, chunk_bias = probs.t() @ x, probs.sum(0)
+                if grad_weight is None:
+                    grad_weight, grad_bias = chunk_weight.to(weight.dtype), chunk_bias.to(bias.dtype)
+                else:
+                    grad_weight.add_(chunk_weight)
+                    grad_bias.add_(chunk_bias)
         ctx.grads = (grad_features.div_(n), grad_weight.div_(n), grad_bias.div_(n))
-        return loss / n
+        ctx.tied = tied
+        ctx.mark_non_differentiable(nats, correct)
+        return loss / n, nats, correct
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        grads = ctx.grads
+    def backward(ctx, grad_loss, grad_nats, grad_correct):
+        grads = [g.mul_(grad_loss) for g in ctx.grads]
         del ctx.grads  # differentiable once
-        return *(g.mul_(grad_loss) for g in grads), None, None, None
+        if ctx.tied is not None and ctx.tied.lookup:
+            ctx.tied.grad, grads[1] = grads[1], None
+        return *grads, None, None, None, None, None
 
 
-def linear_cross_entropy(features, weight, bias, targets, rows=LOSS_ROWS, workspace=None):
+def linear_cross_entropy(features, weight, bias, targets, rows=LOSS_ROWS, workspace=None, score=False, tied=None):
     """Mean cross-entropy of softmax(features @ weight.T + bias) against targets, the same value
     and gradients as F.cross_entropy(F.linear(...)) but computed `rows` tokens at a time.
 
-    features (tokens, d); weight (vocab, d) and bias (vocab,) fp32, receiving fp32 gradients;
-    targets (tokens,). Under bf16 autocast the matmul operands (features, weight, logits and
-    their gradient) are bf16, while the loss, the target entries' gradients (see
+    features (tokens, d) with tokens >= 1; weight (vocab, d) and bias (vocab,) fp32, receiving
+    fp32 gradients; targets (tokens,). Under bf16 autocast the matmul operands (features, weight,
+    logits and their gradient) are bf16, while the loss, the target entries' gradients (see
     _softmax_minus_onehot_) and the sums over chunks are fp32. Differentiable once (no double
     backward). Pass a Workspace kept across calls to reuse its scratch memory.
+
+    With score=True, returns (loss, summed nats, correct predictions): the last two are what
+    linear_scores would count on chunks of the same rows, from the same logits, computed once.
+    tied: the TiedGradient of this pass when weight is also an embedding (see tied_embedding).
     """
     workspace = Workspace() if workspace is None else workspace
-    return _LinearCrossEntropy.apply(features, weight, bias, targets, rows, workspace)
+    loss, nats, correct = _LinearCrossEntropy.apply(features, weight, bias, targets, rows, workspace, score, tied)
+    return (loss, nats, correct) if score else loss
+
+
+class TiedGradient:
+    """One forward and backward pass's hand-over of the gradient of a weight that the embedding
+    and the decoder share. The decoder's backward runs first (the lookup feeds it) and leaves its
+    dense (vocab, d) gradient here instead of returning it; the lookup's backward adds its rows
+    into it in place and returns the sum as the weight's only gradient. Without this, autograd
+    adds a second (vocab, d) gradient, the lookup's, into the decoder's: a buffer filled, written
+    and added on every backward, most of all of dynamic evaluation's 5-token steps. If no lookup
+    joins (lookup stays False), the decoder returns its gradient as usual."""
+
+    def __init__(self):
+        self.lookup = False
+        self.grad = None
+
+
+class _TiedEmbedding(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tokens, weight, tied):
+        tied.lookup = True
+        ctx.save_for_backward(tokens)
+        ctx.tied, ctx.weight_shape = tied, weight.shape
+        return F.embedding(tokens, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        tokens, = ctx.saved_tensors
+        grad, ctx.tied.grad = ctx.tied.grad, None
+        if grad is None:  # the decoder was not in this backward pass
+            grad = grad_out.new_zeros(ctx.weight_shape)
+        grad.index_add_(0, tokens.reshape(-1), grad_out.reshape(-1, grad.size(1)).to(grad.dtype))
+        return None, grad, None
+
+
+def tied_embedding(tokens, weight, tied):
+    """weight[tokens], (*tokens.shape, d), whose gradient joins the decoder's through the
+    TiedGradient `tied` of this pass (pass the same one to linear_cross_entropy)."""
+    return _TiedEmbedding.apply(tokens, weight, tied)
 
 
 def _argmax_hits_(scores, targets):
@@ -303,26 +388,18 @@ def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=No
     chunk's summed target log-likelihood and its correct predictions (e.g. cache.PointerCache)."""
     dtype = compute_dtype(features.device.type, features.dtype)
     features = features.to(dtype)
-    _, w_t, b = _decoder_operands(weight, bias, dtype)
+    shape = (min(rows, features.size(0)), weight.size(0))
+    _, w_t, b = _decoder_operands(weight, bias, dtype, shape[0])
     nats = features.new_zeros((), dtype=torch.float64)
     correct = features.new_zeros((), dtype=torch.float64)
     workspace = Workspace() if workspace is None else workspace
-    shape = (min(rows, features.size(0)), weight.size(0))
     logits = workspace.matrix(*shape, dtype, features.device)
     log_probs = logits if dtype == torch.float32 else workspace.matrix(*shape, torch.float32, features.device)
     with torch.autocast(features.device.type, enabled=False):
         for start, x, t in _chunks(features, targets, rows):
             chunk_logits, chunk_log_probs = logits[:x.size(0)], log_probs[:x.size(0)]
             torch.addmm(b, x, w_t, out=chunk_logits)
-            if log_probs is not logits:
-                chunk_log_probs.copy_(chunk_logits)
-            if mix is None:
-                correct += _argmax_hits_(chunk_log_probs, t)  # in fp32, where amax reads faster than in bf16
-                torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
-                nats -= chunk_log_probs.gather(1, t[:, None]).sum()
-            else:
-                torch.log_softmax(chunk_log_probs, dim=1, out=chunk_log_probs)
-                log_likelihood, hits = mix(start, chunk_log_probs, t)
-                nats -= log_likelihood
-                correct += hits
+            log_likelihood, hits = _score_chunk(chunk_logits, chunk_log_probs, t, mix, start)
+            nats -= log_likelihood
+            correct += hits
     return nats, correct

@@ -25,12 +25,14 @@ from torch import nn
 from kernels import (
     LSTM_KERNELS,
     SCORE_ROWS,
+    TiedGradient,
     compute_dtype,
     fused_lstm,
     linear_cross_entropy,
     linear_scores,
     lstm_sequence,
     own_recurrence_is_faster,
+    tied_embedding,
 )
 
 RNN_TYPES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -150,15 +152,22 @@ class LockedDropout(nn.Module):
         return f"p={self.p}, locked={self.locked}"
 
 
-def embedding_dropout(weight, tokens, p, training):
+def embed(tokens, weight, tied=None):
+    """weight[tokens]; with the TiedGradient of a pass whose decoder shares weight, the lookup's
+    gradient is added into the decoder's in place (kernels.tied_embedding)."""
+    return F.embedding(tokens, weight) if tied is None else tied_embedding(tokens, weight, tied)
+
+
+def embedding_dropout(weight, tokens, p, training, tied=None):
     """Embedding dropout, Gal & Ghahramani (2016); AWD-LSTM Section 4.3.
 
     Drops whole words: one Bernoulli draw per row of the (vocab, emsize) embedding matrix, a mask
     of shape (vocab, 1), so every occurrence of a dropped word in the batch is zeroed; kept rows
     are scaled by 1/(1-p). Equivalent to masking the matrix, but only the looked-up rows are
     scaled. Identity in eval mode. tokens (seq_len, batch) -> (seq_len, batch, emsize).
+    tied: see embed.
     """
-    emb = F.embedding(tokens, weight)
+    emb = embed(tokens, weight, tied)
     if not training or p == 0:
         return emb
     return emb * dropout_mask((weight.size(0), 1), p, weight.device)[tokens]
@@ -233,25 +242,29 @@ class LanguageModel(nn.Module):
         out = self.features(tokens, hidden)
         return out._replace(logits=self.decoder(out.dropped))
 
+    def _tied_gradient(self):
+        """A TiedGradient for one pass when the decoder shares the embedding's weight, else None;
+        a features() that ignores it leaves the decoder to return the weight's gradient itself."""
+        return TiedGradient() if self.decoder.weight is self.encoder.weight else None
+
     def loss(self, tokens, targets, hidden, workspace=None):
         """(mean cross-entropy of targets (seq_len, batch), LMOutput without logits), through the
         chunked decoder: the (tokens, vocab) logits never exist whole. A Workspace kept by the
         caller saves re-allocating its scratch memory."""
-        out = self.features(tokens, hidden)
+        tied = self._tied_gradient()
+        out = self.features(tokens, hidden, tied)
         ce = linear_cross_entropy(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
-                                  targets.reshape(-1), workspace=workspace)
+                                  targets.reshape(-1), workspace=workspace, tied=tied)
         return ce, out
 
     def scored_loss(self, tokens, targets, hidden, workspace=None):
         """(mean cross-entropy with gradients, summed nats, correct predictions, LMOutput) of one
         window: the loss that dynamic evaluation descends, and its score counted as score()
         counts it."""
-        out = self.features(tokens, hidden)
-        features, targets = out.dropped.flatten(0, 1), targets.reshape(-1)
-        with torch.no_grad():
-            nats, correct = linear_scores(features.detach(), self.decoder.weight, self.decoder.bias, targets,
-                                          workspace=workspace)
-        ce = linear_cross_entropy(features, self.decoder.weight, self.decoder.bias, targets, workspace=workspace)
+        tied = self._tied_gradient()
+        out = self.features(tokens, hidden, tied)
+        ce, nats, correct = linear_cross_entropy(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
+                                                 targets.reshape(-1), SCORE_ROWS, workspace, True, tied)
         return ce, nats, correct, out
 
     @torch.no_grad()
@@ -290,11 +303,12 @@ class AWDLSTM(LanguageModel):
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
-    def features(self, tokens, hidden):
-        """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size). The
-        masks are drawn in this order: embedding, input, then per layer its weight drop and,
-        between layers, the hidden dropout, and last the output dropout."""
-        x = embedding_dropout(self.encoder.weight, tokens, self.cfg.dropout_embedding, self.training)
+    def features(self, tokens, hidden, tied=None):
+        """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size); tied: see
+        LanguageModel._tied_gradient. The masks are drawn in this order: embedding, input, then
+        per layer its weight drop and, between layers, the hidden dropout, and last the output
+        dropout."""
+        x = embedding_dropout(self.encoder.weight, tokens, self.cfg.dropout_embedding, self.training, tied)
         x = self.drop_input(x)  # (seq_len, batch, emsize)
         new_hidden = []
         for i, (rnn, state) in enumerate(zip(self.rnns, hidden, strict=True)):
@@ -350,9 +364,10 @@ class RNNModel(LanguageModel):
         if not self.cfg.tied:
             nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
-    def features(self, tokens, hidden):
-        """tokens (seq_len, batch); hidden as init_hidden makes it."""
-        emb = self.drop(self.encoder(tokens))  # (seq_len, batch, emsize)
+    def features(self, tokens, hidden, tied=None):
+        """tokens (seq_len, batch); hidden as init_hidden makes it; tied: see
+        LanguageModel._tied_gradient."""
+        emb = self.drop(embed(tokens, self.encoder.weight, tied))  # (seq_len, batch, emsize)
         out, hidden = self.rnn(emb, hidden)  # (seq_len, batch, nhid)
         dropped = self.drop(out)
         return LMOutput(None, hidden, out, dropped)

@@ -28,7 +28,7 @@ import cli
 from cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
 from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
 from data import DataError, batchify, corpus_name, load_corpus
-from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, gradient_statistics
+from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
 from evaluate import evaluate
 
 CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
@@ -76,9 +76,10 @@ def cache_grid(model, source, grid, dtype, chunk=2048):
     return rows
 
 
-def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype):
-    """[(settings dict, val loss)] of dynamic evaluation of source for each (lr, lambda)."""
-    ms = gradient_statistics(model, stats_source, base.bptt, stat_batches, dtype, progress=True)
+def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype, stats_path=None):
+    """[(settings dict, val loss)] of dynamic evaluation of source for each (lr, lambda); the
+    gradient statistics are kept in stats_path when given (see dyneval.statistics)."""
+    ms = statistics(model, stats_source, base.bptt, stat_batches, dtype, progress=True, path=stats_path)
     rows = [({"lr": 0.0, "lam": 0.0}, evaluate(model, source, dtype, window=base.bptt).loss)]
     for lr, lam in itertools.product(lrs, lams):
         loss, _ = dynamic_evaluate(model, source, ms, DynamicSettings(lr, lam, base.epsilon, base.bptt), dtype,
@@ -104,6 +105,8 @@ def get_parser():
     p.add_argument("--dyn-bptt", type=int, default=5, help="dynamic: tokens per segment (default: 5)")
     p.add_argument("--dyn-stat-batches", type=int, default=None,
                    help="dynamic: training segments for the gradient statistics (default: all)")
+    p.add_argument("--dyn-stats", metavar="FILE", default=None,
+                   help="dynamic: keep the gradient statistics in FILE for evaluate.py --dyn-stats (default: not kept)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision (default: fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     return p
@@ -133,7 +136,12 @@ def main(argv=None):
         lrs = args.lrs or [base.lr * k for k in DYNAMIC_SCALES]
         lams = args.lambdas or [base.lam * k for k in DYNAMIC_SCALES]
         stats = batchify(corpus.train, STAT_BATCH_SIZE, device)
-        rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype)
+        try:
+            rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype,
+                                args.dyn_stats)
+        except (CheckpointError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         published = base
     rows.sort(key=lambda r: r[1])
     out = Path(args.out)
@@ -156,7 +164,8 @@ def main(argv=None):
     else:
         extra = "" if args.method == "cache" else (
             (f" --dyn-bptt {args.dyn_bptt}" if args.dyn_bptt != 5 else "")
-            + (f" --dyn-stat-batches {args.dyn_stat_batches}" if args.dyn_stat_batches else ""))
+            + (f" --dyn-stat-batches {args.dyn_stat_batches}" if args.dyn_stat_batches else "")
+            + (f" --dyn-stats {args.dyn_stats}" if args.dyn_stats else ""))
         print(f"score test once with: python evaluate.py {args.run} {method_flags(args.method, best)}{extra}")
     return 0
 

@@ -30,15 +30,16 @@ MUTANTS = {
     "seq-len-fixed-at-bptt": ("train.py", 'seq_len = sample_seq_len(cfg["bptt"], run.lengths) if '
                               'cfg["variable_bptt"] else cfg["bptt"]', 'seq_len = cfg["bptt"]'),
     "position-advances-by-bptt": ("train.py", "state.position += x.size(0)", 'state.position += cfg["bptt"]'),
-    "state-reset-every-batch": ("train.py", "step = train_step(model, x, y, run.hidden,",
-                                'step = train_step(model, x, y, model.init_hidden(cfg["batch_size"]),'),
+    "state-reset-every-batch": ("train.py", "step = train_step(run.net, x, y, run.hidden,",
+                                'step = train_step(run.net, x, y, model.init_hidden(cfg["batch_size"]),'),
     "input-output-dropout-swapped": ("model.py", "LockedDropout(cfg.dropout_input, cfg.locked_dropout)",
                                      "LockedDropout(cfg.dropout_output, cfg.locked_dropout)"),
     "hidden-dropout-after-last-layer": ("model.py", "if i < len(self.rnns) - 1:", "if True:"),
     "no-locked-dropout-ignored-for-hidden": ("model.py", "LockedDropout(cfg.dropout_hidden, cfg.locked_dropout)",
                                              "LockedDropout(cfg.dropout_hidden)"),
     "embedding-dropout-not-in-forward": ("model.py", "x = embedding_dropout(self.encoder.weight, tokens, "
-                                         "self.cfg.dropout_embedding, self.training)", "x = self.encoder(tokens)"),
+                                         "self.cfg.dropout_embedding, self.training, tied)",
+                                         "x = self.encoder(tokens)"),
     "embedding-mask-drawn-not-applied": ("model.py", "return emb * dropout_mask((weight.size(0), 1), p, "
                                          "weight.device)[tokens]",
                                          "dropout_mask((weight.size(0), 1), p, weight.device)\n    return emb"),
@@ -80,14 +81,23 @@ MUTANTS = {
     "dyneval-decay-not-clipped": ("dyneval.py", ".clamp_(max=1 / s.lam)", ""),
     "dyneval-theta0-not-restored": ("dyneval.py", "        torch._foreach_copy_(self.params, self.theta0)",
                                     "        pass"),
-    "dyneval-state-reset-per-segment": ("dyneval.py", "            hidden = out.hidden\n",
+    "dyneval-state-reset-per-segment": ("dyneval.py", "adaptation.params))\n            hidden = out.hidden\n",
+                                        "adaptation.params))\n"
                                         "            hidden = model.init_hidden(source.size(1))\n"),
-    "dyneval-scores-after-the-update": ("dyneval.py", "            adaptation.step()\n",
-                                        "            adaptation.step()\n            nats += model.score(x, y, "
-                                        "detach_hidden(hidden))[0] - n\n"),
+    "dyneval-scores-after-the-update": ("dyneval.py",
+                                        "            adaptation.step(torch.autograd.grad(ce, adaptation.params))\n",
+                                        "            adaptation.step(torch.autograd.grad(ce, adaptation.params))\n"
+                                        "            nats += model.score(x, y, detach_hidden(hidden))[0] - n\n"),
     "dyneval-ms-without-sqrt": ("dyneval.py", "(s / len(starts)).sqrt_()", "(s / len(starts))"),
     "dyneval-mean-over-entries": ("dyneval.py", "mean_ms = sum(m.mean() for m in ms) / len(ms)",
                                   "mean_ms = torch.cat([m.flatten() for m in ms]).mean()"),
+    "tied-lookup-drops-the-decoder-gradient": ("kernels.py", "grad, ctx.tied.grad = ctx.tied.grad, None",
+                                               "grad, ctx.tied.grad = None, None"),
+    "tied-decoder-gradient-without-a-lookup": ("kernels.py", "if ctx.tied is not None and ctx.tied.lookup:",
+                                               "if ctx.tied is not None:"),
+    "scored-loss-scores-the-softmax": ("kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
+                                       "torch.softmax(probs, dim=1, out=probs)\n"
+                                       "                    log_likelihood, hits = _score_chunk(probs, log_probs_all"),
 }
 
 
@@ -104,7 +114,9 @@ def run_mutant(name, path, old, new):
         # The wiring tests first, where most mutants fail, then the rest of the suite.
         files = sorted(str(p.relative_to(tree)) for p in (tree / "tests").glob("test_*.py"))
         files.sort(key=lambda f: f != "tests/test_wiring.py")
-        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files],
+        # The check that every mutant's text still matches fails on any mutated tree; leave it out.
+        skip = ["--deselect", "tests/test_wiring.py::test_every_mutant_still_applies"]
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *skip, *files],
                                 cwd=tree, capture_output=True, text=True, check=False)
         lines = result.stdout.strip().splitlines()
         failed = [line.split(" ")[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]

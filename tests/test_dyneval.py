@@ -174,3 +174,48 @@ def test_dynamic_eval_without_enough_training_data_is_a_one_line_error(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: --dynamic-eval takes its gradient statistics from the training split")
     assert err.count("\n") == 1
+
+
+def test_kept_statistics_are_reused_and_checked(trained_run, tmp_path, monkeypatch, capsys):
+    """--dyn-stats: the first call writes the file, a second split reads it (and scores exactly
+    as a run that computes them), and statistics of other settings or garbage are refused."""
+    run, _ = trained_run
+    stats, out = tmp_path / "ms.pt", tmp_path / "out.json"
+    flags = ["--dynamic-eval", "--dyn-stat-batches", "3", "--json", str(out)]
+    assert evaluate.main([str(run), "--split", "valid", *flags, "--dyn-stats", str(stats)]) == 0
+    assert stats.exists()
+    assert evaluate.main([str(run), *flags]) == 0
+    computed = json.loads(out.read_text())["loss"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the statistics were computed again")
+
+    monkeypatch.setattr(dyneval, "gradient_statistics", must_not_run)
+    assert evaluate.main([str(run), *flags, "--dyn-stats", str(stats)]) == 0
+    assert json.loads(out.read_text())["loss"] == computed
+    kept = stats.read_bytes()
+    capsys.readouterr()
+    assert evaluate.main([str(run), "--dynamic-eval", "--dyn-stat-batches", "4", "--dyn-stats", str(stats)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "stat_batches" in err and err.count("\n") == 1
+    assert stats.read_bytes() == kept  # not overwritten
+    stats.write_bytes(b"not a torch file")
+    assert evaluate.main([str(run), *flags, "--dyn-stats", str(stats)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read gradient statistics") and err.count("\n") == 1
+
+
+def test_tune_keeps_the_statistics_for_the_test_command(trained_run, tmp_path, capsys, monkeypatch):
+    import tune
+    run, _ = trained_run
+    stats = tmp_path / "ms.pt"
+    flags = ["--method", "dynamic", "--tokens", "200", "--lrs", "1e-3", "--lambdas", "0.01", "--dyn-stat-batches", "2",
+             "--dyn-stats", str(stats), "--out", str(tmp_path)]
+    assert tune.main([str(run), *flags]) == 0
+    out = capsys.readouterr().out
+    assert stats.exists()
+    if "no setting beats plain evaluation" not in out:
+        assert f"--dyn-stat-batches 2 --dyn-stats {stats}" in out
+    monkeypatch.setattr(dyneval, "gradient_statistics", None)  # evaluate.py must read them from the file
+    assert evaluate.main([str(run), "--split", "valid", "--dynamic-eval", "--dyn-stat-batches", "2",
+                          "--dyn-stats", str(stats)]) == 0

@@ -51,17 +51,23 @@ def decoder_problem():
     return torch.randn(n, d), torch.randn(vocab, d) * 0.5, torch.randn(vocab) * 0.1, torch.randint(0, vocab, (n,))
 
 
-def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(decoder_problem):
-    # 300 tokens in chunks of 128: two full chunks and a partial one; an upstream gradient of 3.
-    ref = reference_grads(*decoder_problem, scale=3.0)
-    ours = fused_grads(*decoder_problem, scale=3.0, rows=128)
+# 300 tokens in chunks of 128 (two full chunks and a partial one, the weight read through a
+# transposed view) or in one chunk of 300 (at least kernels.CONTIGUOUS_MIN_ROWS: a contiguous copy).
+CHUNK_ROWS = [128, 300]
+
+
+@pytest.mark.parametrize("rows", CHUNK_ROWS)
+def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(decoder_problem, rows):
+    ref = reference_grads(*decoder_problem, scale=3.0)  # an upstream gradient of 3
+    ours = fused_grads(*decoder_problem, scale=3.0, rows=rows)
     for r, o in zip(ref, ours, strict=True):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6)
 
 
-def test_linear_cross_entropy_in_bf16_is_close(decoder_problem):
+@pytest.mark.parametrize("rows", CHUNK_ROWS)
+def test_linear_cross_entropy_in_bf16_is_close(decoder_problem, rows):
     ref = reference_grads(*decoder_problem, scale=1.0)
-    ours = fused_grads(*decoder_problem, scale=1.0, rows=128, dtype=torch.bfloat16)
+    ours = fused_grads(*decoder_problem, scale=1.0, rows=rows, dtype=torch.bfloat16)
     assert abs(ours[0] - ref[0]) < 0.02
     for r, o in zip(ref[1:], ours[1:], strict=True):
         assert (o - r).norm() / r.norm() < 0.02
@@ -105,6 +111,25 @@ def test_linear_scores_counts_nats_and_correct_predictions(decoder_problem):
     assert abs(bf_nats.item() - nats.item()) / nats.item() < 0.01
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [*CHUNK_ROWS, 5])
+def test_the_scored_loss_scores_as_linear_scores_does(decoder_problem, rows, dtype):
+    """score=True (dynamic evaluation's one pass over the logits) gives linear_scores' nats and
+    correct predictions exactly, and linear_cross_entropy's loss and gradients exactly."""
+    features, weight, bias, targets = decoder_problem
+    f = features.to(dtype)
+    with autocast("cpu", "bf16" if dtype == torch.bfloat16 else "fp32"):
+        expected_scores = linear_scores(f, weight, bias, targets, rows=rows)
+        expected = fused_grads(f, weight, bias, targets, 1.0, rows, dtype)
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        x = f.clone().requires_grad_()
+        loss, nats, correct = linear_cross_entropy(x, w, b, targets, rows=rows, score=True)
+    loss.backward()
+    assert (nats.item(), correct.item()) == tuple(t.item() for t in expected_scores)
+    for e, o in zip(expected, (loss.detach(), x.grad.float(), w.grad, b.grad), strict=True):
+        assert torch.equal(e, o)
+
+
 def test_accuracy_on_a_hand_made_example():
     # Three tokens, vocab 3; the decoder is the identity, so each feature row is its logits.
     features = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 3.0, 1.0]])
@@ -135,9 +160,9 @@ def test_accuracy_breaks_ties_as_argmax_does():
 def test_a_kept_workspace_is_reused_and_gives_the_same_results(decoder_problem):
     workspace = Workspace()
     first = linear_scores(*decoder_problem, rows=128, workspace=workspace)
-    pointer = workspace.flat[torch.float32].data_ptr()
+    pointer = workspace.flat["logits", torch.float32].data_ptr()
     second = linear_scores(*decoder_problem, rows=128, workspace=workspace)
-    assert workspace.flat[torch.float32].data_ptr() == pointer
+    assert workspace.flat["logits", torch.float32].data_ptr() == pointer
     assert [t.item() for t in first] == [t.item() for t in second]
 
 
@@ -309,3 +334,40 @@ def test_lstm_kernel_flag_reaches_the_layers_and_the_checkpoint(corpus_dir, tmp_
     assert {r.kernel for r in net.rnns} == {"own"}
     with pytest.raises(config.ConfigError, match="awd-lstm only"):
         config.resolve_config(["--model", "lstm", "--lstm-kernel", "own"])
+
+
+@pytest.mark.parametrize("cfg", [AWDConfig(vocab_size=40, emsize=8, nhid=12, nlayers=2, tied=True),
+                                 AWDConfig(vocab_size=40, emsize=8, nhid=12, nlayers=2, tied=False),
+                                 ModelConfig(model="lstm", vocab_size=40, emsize=12, nhid=12, tied=True),
+                                 ModelConfig(model="lstm", vocab_size=40, emsize=12, nhid=12, tied=False)])
+def test_the_embedding_gradient_is_dense_and_equals_the_dense_lookups(cfg, monkeypatch):
+    """A tied embedding's lookup adds its gradient into the decoder's (kernels.TiedGradient); the
+    weight must end up with the gradient that autograd gives two plain uses of it, for every
+    parameter and a dense one."""
+    torch.manual_seed(0)
+    net = build_model(cfg).train()
+    tokens = torch.randint(0, 40, (6, 3))
+
+    def grads():
+        torch.manual_seed(1)  # the same dropout masks in both passes
+        net.zero_grad(set_to_none=True)
+        loss, _ = net(tokens[:-1], net.init_hidden(3), tokens[1:])
+        loss.backward()
+        return {n: p.grad for n, p in net.named_parameters()}
+
+    ours = grads()
+    monkeypatch.setattr(model, "embed", lambda tokens, weight, tied=None: F.embedding(tokens, weight))
+    plain = grads()
+    for n, g in ours.items():
+        assert g.layout == torch.strided, n
+        torch.testing.assert_close(g, plain[n], rtol=1e-6, atol=1e-7)
+
+
+def test_a_tied_gradient_that_no_lookup_joins_leaves_the_gradient_to_the_decoder(decoder_problem):
+    """A features() that ignores the TiedGradient (bench.py's plain model) must not lose the
+    decoder's share of the weight's gradient."""
+    features, weight, bias, targets = decoder_problem
+    expected = fused_grads(features, weight, bias, targets, 1.0, 128)
+    w = weight.clone().requires_grad_()
+    linear_cross_entropy(features, w, bias, targets, rows=128, tied=kernels.TiedGradient()).backward()
+    assert torch.equal(w.grad, expected[2])

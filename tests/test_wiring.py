@@ -306,3 +306,12 @@ def test_resume_checks_its_flags(trained_run, flags, message, capsys):
     run, _ = trained_run
     assert train.main(["--resume", str(run), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_mutant_still_applies():
+    """tests/mutants.py edits code by its text: an edit whose text has changed would silently test
+    nothing (mutants.py reports it only when run), so each must match exactly once."""
+    from mutants import MUTANTS, ROOT
+    stale = {name: (ROOT / path).read_text().count(old) for name, (path, old, _) in MUTANTS.items()
+             if (ROOT / path).read_text().count(old) != 1}
+    assert not stale, f"mutants whose code changed (name: matches): {stale}"
