@@ -176,11 +176,14 @@ def adapting(model, ms, settings):
 
 
 
-def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False):
+def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, cache=None):
     """(mean nats per token, accuracy) of source (rows, batch) under dynamic evaluation from the
-    model's current weights θ0, which it holds again on return."""
+    model's current weights θ0, which it holds again on return. With a fresh cache.PointerCache,
+    each segment is scored under the cache's mixture, its memory filled with the adapting model's
+    outputs, while the update still descends the model's own loss."""
     model.eval()
-    hidden, workspace = model.init_hidden(source.size(1)), Workspace()
+    # Each segment's gradients are used up by its step, so the decoder's may live in a kept buffer.
+    hidden, workspace = model.init_hidden(source.size(1)), Workspace(keep_weight_grad=True)
     nats = torch.zeros((), dtype=torch.float64, device=source.device)
     correct = torch.zeros((), dtype=torch.float64, device=source.device)
     starts = segments(source, settings.bptt)
@@ -189,7 +192,7 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False):
                       mininterval=0.5 if sys.stderr.isatty() else 60):
             x, y = get_batch(source, i, settings.bptt)
             with autocast(x.device, dtype):
-                ce, n, c, out = model.scored_loss(x, y, detach_hidden(hidden), workspace)
+                ce, n, c, out = model.scored_loss(x, y, detach_hidden(hidden), workspace, cache)
             nats += n  # scored before the update that learns from it
             correct += c
             adaptation.step(torch.autograd.grad(ce, adaptation.params))

@@ -203,8 +203,6 @@ def prepare(args):
     corpus = load_corpus(data, level)
     check_vocab(corpus, ckpt)
     cache, dynamic = make_cache(args, data), make_dynamic(args, data)
-    if cache and dynamic:
-        raise DataError("--cache and --dynamic-eval do not combine yet; run them one at a time")
     if dynamic and args.window is not None:
         raise DataError("--window does not apply to --dynamic-eval, whose windows are --dyn-bptt tokens")
     batch_size = args.batch_size
@@ -242,12 +240,13 @@ def main(argv=None):
             return 2
         extra["dynamic_eval"] = {**asdict(job.dynamic), "stat_batches": args.dyn_stat_batches,
                                  "stat_seconds": round(time.time() - t0, 2), "stats_file": args.dyn_stats}
-        scores = Scores(*dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True))
+        scores = Scores(*dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True,
+                                          cache=job.cache))
     else:
         scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True, cache=job.cache)
-        if job.cache:
-            extra["cache"] = {"window": job.cache.window, "theta": job.cache.theta, "lambda": job.cache.lam,
-                              "original_gaps": job.cache.gaps}
+    if job.cache:
+        extra["cache"] = {"window": job.cache.window, "theta": job.cache.theta, "lambda": job.cache.lam,
+                          "original_gaps": job.cache.gaps}
     seconds = time.time() - t0
     tokens, batch_size = (job.source.size(0) - 1) * job.source.size(1), job.source.size(1)
     result = {"run": str(args.run), "split": args.split, "level": job.level, "loss": scores.loss,
@@ -258,7 +257,7 @@ def main(argv=None):
     if job.level == "char":
         result["bpc"] = scores.bits
         bits = f" | bpc {scores.bits:.4f}"
-    method = " | cache" if job.cache else " | dynamic evaluation" if job.dynamic else ""
+    method = "".join(name for name, on in ((" | cache", job.cache), (" | dynamic evaluation", job.dynamic)) if on)
     print(f"{args.split} loss {scores.loss:.4f} nats/{job.level}{bits} | ppl {scores.ppl:.2f} | "
           f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | window {job.window}{method} | "
           f"{args.dtype} | {tokens / seconds:,.0f} tokens/s")

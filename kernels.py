@@ -7,6 +7,8 @@ chunked decoder loss and scores.
   oneDNN's LSTM backward is slow); fused_lstm: the same layer in torch.lstm (oneDNN, cuDNN).
 - linear_cross_entropy / linear_scores: the decoder, softmax and loss (or scores) a chunk of
   tokens at a time, so the (tokens, vocab) logits never exist whole.
+- tied_embedding / TiedGradient: the embedding lookup of a weight the decoder shares, whose
+  gradient is added in place into the decoder's instead of being a second dense gradient.
 
 Each computes the same function as the plain PyTorch code it replaces: tests/test_kernels.py
 pins that exactly in fp32 and within tolerance in bf16.
@@ -183,10 +185,15 @@ class Workspace:
     """Scratch (rows, vocab) matrices for linear_cross_entropy and linear_scores, one per name and
     dtype, reused by every chunk and, when the caller keeps the Workspace, by every call: on CPU a
     fresh buffer this large is page-faulted in on each allocation, which costs as much as a pass
-    over it."""
+    over it.
 
-    def __init__(self):
+    keep_weight_grad=True also keeps the buffer of the decoder weight's gradient, which each call
+    then overwrites: only for a caller that uses up each gradient before the next call (dynamic
+    evaluation, through torch.autograd.grad), never where autograd keeps it in .grad."""
+
+    def __init__(self, keep_weight_grad=False):
         self.flat = {}
+        self.keep_weight_grad = keep_weight_grad
 
     def matrix(self, rows, cols, dtype, device, name="logits"):
         flat = self.flat.get((name, dtype))
@@ -246,6 +253,17 @@ def _softmax_minus_onehot_(probs, targets):
     return nats.sum()
 
 
+def _weight_gradient(probs, x, weight, workspace):
+    """probs.T @ x (vocab, d) in the weight's dtype: in the workspace's kept buffer when it keeps
+    one (see Workspace), else in a new tensor."""
+    if not workspace.keep_weight_grad:
+        return (probs.t() @ x).to(weight.dtype)
+    out = workspace.matrix(*weight.shape, weight.dtype, weight.device, "weight_grad")
+    if probs.dtype == weight.dtype:
+        return torch.mm(probs.t(), x, out=out)
+    return out.copy_(probs.t() @ x)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss *and* its gradients, one chunk of rows at a time; backward
     only scales them by the incoming gradient. The (tokens, vocab) logits, their softmax and
@@ -255,7 +273,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     that an embedding lookup of the weight has joined, the weight's gradient goes to it."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, targets, rows, workspace, score, tied):
+    def forward(ctx, features, weight, bias, targets, rows, workspace, score, tied, mix):
         device = features.device
         dtype = compute_dtype(device.type, features.dtype)  # of the matmul operands
         n = features.size(0)
@@ -267,38 +285,47 @@ class _LinearCrossEntropy(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.float64, device=device)
         probs_all = workspace.matrix(rows, weight.size(0), dtype, device)
         log_probs_all = workspace.matrix(rows, weight.size(0), torch.float32, device, "log_probs") if score else None
+        # The mean's 1/n goes on the softmax's gradient when that is the smaller (a few rows, as in
+        # dynamic evaluation), else on the summed gradients.
+        scale_probs = rows < weight.size(1)
         with torch.autocast(device.type, enabled=False):
             w, w_t, b = _decoder_operands(weight, bias, dtype, rows)
             for start, x, t in _chunks(features.to(dtype), targets, rows):
                 probs = probs_all[:x.size(0)]
                 torch.addmm(b, x, w_t, out=probs)  # logits (rows, vocab)
                 if score:
-                    log_likelihood, hits = _score_chunk(probs, log_probs_all[:x.size(0)], t)
+                    log_likelihood, hits = _score_chunk(probs, log_probs_all[:x.size(0)], t, mix, start)
                     nats -= log_likelihood
                     correct += hits
                 loss += _softmax_minus_onehot_(probs, t)  # probs is now d loss / d logits
+                if scale_probs:
+                    probs.div_(n)
                 grad_features[start:start + x.size(0)] = probs @ w
-                chunk_weight, chunk_bias = probs.t() @ x, probs.sum(0)
                 if grad_weight is None:
-                    grad_weight, grad_bias = chunk_weight.to(weight.dtype), chunk_bias.to(bias.dtype)
+                    grad_weight, grad_bias = _weight_gradient(probs, x, weight, workspace), probs.sum(0).to(bias.dtype)
                 else:
-                    grad_weight.add_(chunk_weight)
-                    grad_bias.add_(chunk_bias)
-        ctx.grads = (grad_features.div_(n), grad_weight.div_(n), grad_bias.div_(n))
+                    grad_weight.add_(probs.t() @ x)
+                    grad_bias.add_(probs.sum(0))
+        ctx.grads = (grad_features, grad_weight, grad_bias)
+        if not scale_probs:
+            torch._foreach_div_(ctx.grads, n)
         ctx.tied = tied
         ctx.mark_non_differentiable(nats, correct)
         return loss / n, nats, correct
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nats, grad_correct):
-        grads = [g.mul_(grad_loss) for g in ctx.grads]
+        grads = list(ctx.grads)
         del ctx.grads  # differentiable once
+        if grad_loss.device.type != "cpu" or grad_loss.item() != 1:  # on CPU, skip a pass when it is 1
+            torch._foreach_mul_(grads, grad_loss)
         if ctx.tied is not None and ctx.tied.lookup:
             ctx.tied.grad, grads[1] = grads[1], None
-        return *grads, None, None, None, None, None
+        return *grads, None, None, None, None, None, None
 
 
-def linear_cross_entropy(features, weight, bias, targets, rows=LOSS_ROWS, workspace=None, score=False, tied=None):
+def linear_cross_entropy(features, weight, bias, targets, rows=LOSS_ROWS, workspace=None, score=False, tied=None,
+                         mix=None):
     """Mean cross-entropy of softmax(features @ weight.T + bias) against targets, the same value
     and gradients as F.cross_entropy(F.linear(...)) but computed `rows` tokens at a time.
 
@@ -309,11 +336,13 @@ def linear_cross_entropy(features, weight, bias, targets, rows=LOSS_ROWS, worksp
     backward). Pass a Workspace kept across calls to reuse its scratch memory.
 
     With score=True, returns (loss, summed nats, correct predictions): the last two are what
-    linear_scores would count on chunks of the same rows, from the same logits, computed once.
+    linear_scores would count on chunks of the same rows, from the same logits, computed once
+    (with mix, see linear_scores, under its mixture; the loss stays the model's own).
     tied: the TiedGradient of this pass when weight is also an embedding (see tied_embedding).
     """
     workspace = Workspace() if workspace is None else workspace
-    loss, nats, correct = _LinearCrossEntropy.apply(features, weight, bias, targets, rows, workspace, score, tied)
+    loss, nats, correct = _LinearCrossEntropy.apply(features, weight, bias, targets, rows, workspace, score, tied,
+                                                    mix)
     return (loss, nats, correct) if score else loss
 
 

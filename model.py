@@ -257,15 +257,25 @@ class LanguageModel(nn.Module):
                                   targets.reshape(-1), workspace=workspace, tied=tied)
         return ce, out
 
-    def scored_loss(self, tokens, targets, hidden, workspace=None):
+    def scored_loss(self, tokens, targets, hidden, workspace=None, cache=None):
         """(mean cross-entropy with gradients, summed nats, correct predictions, LMOutput) of one
         window: the loss that dynamic evaluation descends, and its score counted as score()
-        counts it."""
+        counts it, with the cache's mixture when given (the loss stays the model's own)."""
         tied = self._tied_gradient()
         out = self.features(tokens, hidden, tied)
+        mix, rows = self._mixer(out, targets, cache)
         ce, nats, correct = linear_cross_entropy(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
-                                                 targets.reshape(-1), SCORE_ROWS, workspace, True, tied)
+                                                 targets.reshape(-1), rows, workspace, True, tied, mix)
         return ce, nats, correct, out
+
+    @staticmethod
+    def _mixer(out, targets, cache):
+        """(mix for the decoder's scoring, rows per chunk): the cache scores whole time steps, so
+        with one the chunks hold a multiple of the batch; its memory then takes in the window."""
+        if cache is None:
+            return None, SCORE_ROWS
+        batch = targets.size(1)
+        return cache.mixer(out.raw.detach(), targets), max(1, SCORE_ROWS // batch) * batch
 
     @torch.no_grad()
     def score(self, tokens, targets, hidden, workspace=None, cache=None):
@@ -273,10 +283,7 @@ class LanguageModel(nn.Module):
         gradients; the sums are float64 scalars on the device (no host sync). With a
         cache.PointerCache, the predictions are its mixture, and the window joins its memory."""
         out = self.features(tokens, hidden)
-        batch, rows = targets.size(1), SCORE_ROWS
-        mix = None
-        if cache is not None:  # the cache scores whole time steps: chunks of a multiple of the batch
-            mix, rows = cache.mixer(out.raw, targets), max(1, SCORE_ROWS // batch) * batch
+        mix, rows = self._mixer(out, targets, cache)
         nats, correct = linear_scores(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
                                       targets.reshape(-1), rows, workspace, mix)
         return nats, correct, out.hidden

@@ -91,6 +91,8 @@ MUTANTS = {
     "dyneval-ms-without-sqrt": ("dyneval.py", "(s / len(starts)).sqrt_()", "(s / len(starts))"),
     "dyneval-mean-over-entries": ("dyneval.py", "mean_ms = sum(m.mean() for m in ms) / len(ms)",
                                   "mean_ms = torch.cat([m.flatten() for m in ms]).mean()"),
+    "dyneval-ignores-the-cache": ("dyneval.py", "model.scored_loss(x, y, detach_hidden(hidden), workspace, cache)",
+                                  "model.scored_loss(x, y, detach_hidden(hidden), workspace)"),
     "tied-lookup-drops-the-decoder-gradient": ("kernels.py", "grad, ctx.tied.grad = ctx.tied.grad, None",
                                                "grad, ctx.tied.grad = None, None"),
     "tied-decoder-gradient-without-a-lookup": ("kernels.py", "if ctx.tied is not None and ctx.tied.lookup:",

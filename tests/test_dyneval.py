@@ -47,6 +47,19 @@ def test_no_step_and_no_decay_give_plain_evaluation_exactly():
     assert (loss, accuracy) == (plain.loss, plain.accuracy)
 
 
+def test_with_a_cache_and_no_step_it_equals_plain_evaluation_with_the_cache_exactly():
+    from cache import PointerCache
+    model = tiny_model()
+    source = tokens(103, 7)
+    source[::4] = 3  # a word that recurs, so that the cache matters
+    settings = DynamicSettings(lr=0.0, lam=0.0, epsilon=1e-3)
+    loss, accuracy = dynamic_evaluate(model, source, fake_ms(model), settings, cache=PointerCache(30, 0.8, 0.3))
+    with model.lstm_kernel(dyneval.DYNAMIC_LSTM_KERNEL):
+        cached = evaluate.evaluate(model, source, window=5, cache=PointerCache(30, 0.8, 0.3))
+    assert (loss, accuracy) == (cached.loss, cached.accuracy)
+    assert loss != plain_evaluation(model, source).loss
+
+
 def test_the_first_segment_is_scored_before_it_is_learned_from():
     model = tiny_model()
     source = tokens(6, 2)  # one segment of 5 targets
@@ -155,7 +168,6 @@ def test_evaluate_leaves_the_run_directory_unchanged(tmp_path):
     (["--dyn-bptt", "0"], "--dyn-bptt must be at least 1"),
     (["--dyn-stat-batches", "0"], "--dyn-stat-batches must be at least 1"),
     (["--window", "50"], "--window does not apply to --dynamic-eval"),
-    (["--cache", "--cache-window", "5", "--cache-theta", "1", "--cache-lambda", "0.1"], "do not combine yet"),
 ])
 def test_bad_dynamic_settings_are_one_line_errors(trained_run, capsys, flags, message):
     run, _ = trained_run

@@ -51,9 +51,10 @@ def decoder_problem():
     return torch.randn(n, d), torch.randn(vocab, d) * 0.5, torch.randn(vocab) * 0.1, torch.randint(0, vocab, (n,))
 
 
-# 300 tokens in chunks of 128 (two full chunks and a partial one, the weight read through a
-# transposed view) or in one chunk of 300 (at least kernels.CONTIGUOUS_MIN_ROWS: a contiguous copy).
-CHUNK_ROWS = [128, 300]
+# 300 tokens in chunks of 5 (fewer rows than features: the mean's 1/n goes on the softmax's
+# gradient), of 128 (two full chunks and a partial one, the weight read through a transposed view)
+# or in one chunk of 300 (at least kernels.CONTIGUOUS_MIN_ROWS: a contiguous copy).
+CHUNK_ROWS = [5, 128, 300]
 
 
 @pytest.mark.parametrize("rows", CHUNK_ROWS)
@@ -112,7 +113,7 @@ def test_linear_scores_counts_nats_and_correct_predictions(decoder_problem):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [*CHUNK_ROWS, 5])
+@pytest.mark.parametrize("rows", CHUNK_ROWS)
 def test_the_scored_loss_scores_as_linear_scores_does(decoder_problem, rows, dtype):
     """score=True (dynamic evaluation's one pass over the logits) gives linear_scores' nats and
     correct predictions exactly, and linear_cross_entropy's loss and gradients exactly."""
@@ -128,6 +129,20 @@ def test_the_scored_loss_scores_as_linear_scores_does(decoder_problem, rows, dty
     assert (nats.item(), correct.item()) == tuple(t.item() for t in expected_scores)
     for e, o in zip(expected, (loss.detach(), x.grad.float(), w.grad, b.grad), strict=True):
         assert torch.equal(e, o)
+
+
+def test_a_kept_weight_gradient_is_overwritten_by_each_call_and_right_each_time(decoder_problem):
+    """Workspace(keep_weight_grad=True), dynamic evaluation's: each call's gradient, taken by
+    autograd.grad before the next call, is that call's own."""
+    features, weight, bias, targets = decoder_problem
+    workspace = Workspace(keep_weight_grad=True)
+    w = weight.clone().requires_grad_()
+    for k in (0, 1):
+        f = features[k::2]
+        loss = linear_cross_entropy(f, w, bias, targets[k::2], rows=5, workspace=workspace)
+        grad, = torch.autograd.grad(loss * 3.0, [w])
+        torch.testing.assert_close(grad, reference_grads(f, weight, bias, targets[k::2], 3.0)[2], rtol=1e-5, atol=1e-6)
+    assert grad.data_ptr() == workspace.flat["weight_grad", torch.float32].data_ptr()
 
 
 def test_accuracy_on_a_hand_made_example():
