@@ -6,6 +6,7 @@ for character-level runs).
     python evaluate.py checkpoints/<char-run> --split valid+test   # the last 10%, nanoGPT's val split
     python evaluate.py checkpoints/<run> --cache            # with the continuous cache pointer
     python evaluate.py checkpoints/<run> --dynamic-eval     # with dynamic evaluation
+    python evaluate.py checkpoints/<run> --dynamic-eval --cache --dyn-stats ms.pt   # both; statistics kept
 """
 import argparse
 import json
