@@ -1,10 +1,20 @@
 #!/bin/sh
 # The long AWD-LSTM run of issue 13: the fast.ai one-cycle Adam recipe (preset awd-lstm-adam), its
 # schedule stretched over 720 minutes of training on both cores. Start: sh ~/runs/awd-long.sh
-# Resume after a stop: sh ~/runs/awd-long.sh resume
+# Resume after a stop: sh ~/runs/awd-long.sh resume   (refused while one is running)
+# Pause it: sh ~/runs/awd-long.sh pause   (Ctrl-C, then wait until it has saved and exited: at an
+# epoch's end it validates first, which takes minutes)
+RUN="$HOME/runs/awd-long"
+PATTERN="train.py --resume $RUN"
 cd /work/main
-if [ "$1" = resume ]; then
-  exec python train.py --resume ~/runs/awd-long >> ~/runs/awd-long.log 2>&1
-fi
+case "$1" in
+  pause)
+    pkill -INT -f "$PATTERN"
+    for i in $(seq 1 600); do pgrep -f "$PATTERN" > /dev/null || exit 0; sleep 1; done
+    echo "still running after 10 minutes"; exit 1 ;;
+  resume)
+    if pgrep -f "$PATTERN" > /dev/null; then echo "already running"; exit 1; fi
+    exec python train.py --resume "$RUN" >> "$HOME/runs/awd-long.log" 2>&1 ;;
+esac
 exec python train.py --preset awd-lstm-adam --max-minutes 720 --checkpoint-every 10 --log-interval 50 \
-  --save ~/runs/awd-long >> ~/runs/awd-long.log 2>&1
+  --save "$RUN" >> "$HOME/runs/awd-long.log" 2>&1
