@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import cli
 from checkpoint import CheckpointError, write_atomically
 from data import DataError, get_batch
 from kernels import Workspace, autocast
@@ -125,7 +126,7 @@ def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=Fal
             saved = torch.load(path, map_location=source.device, weights_only=True)
             saved_key, ms = saved["key"], saved["ms"]
         except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-            raise CheckpointError(f"cannot read gradient statistics from {path}: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(f"cannot read gradient statistics from {path}: {cli.first_line(e)}") from None
         differ = [k for k in key if saved_key.get(k) != key[k]]
         if saved.get("format") != STATS_FORMAT or differ:
             raise DataError(f"{path} holds gradient statistics of other {', '.join(differ) or 'format'}; give "
@@ -172,8 +173,6 @@ def adapting(model, ms, settings):
         yield adaptation
     finally:
         adaptation.restore()
-
-
 
 
 def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, cache=None):

@@ -312,6 +312,6 @@ def test_every_mutant_still_applies():
     """tests/mutants.py edits code by its text: an edit whose text has changed would silently test
     nothing (mutants.py reports it only when run), so each must match exactly once."""
     from mutants import MUTANTS, ROOT
-    stale = {name: (ROOT / path).read_text().count(old) for name, (path, old, _) in MUTANTS.items()
-             if (ROOT / path).read_text().count(old) != 1}
+    matches = {name: (ROOT / path).read_text().count(old) for name, (path, old, _) in MUTANTS.items()}
+    stale = {name: n for name, n in matches.items() if n != 1}
     assert not stale, f"mutants whose code changed (name: matches): {stale}"
