@@ -73,8 +73,8 @@ CHAR_AWD_DEFAULTS = {
     **CHAR_DEFAULTS, "dropout": None, "dropout_embedding": 0.0, "dropout_input": 0.1,
     "dropout_hidden": 0.25, "dropout_output": 0.1, "dropout_weight": 0.3, "variable_bptt": True,
 }
-# The presets follow the commands in the original AWD-LSTM code's README, which differ in places
-# from the paper's text (e.g. dropouth 0.2 on WikiText-2).
+# The first two presets follow the commands in the original AWD-LSTM code's README, which differ
+# in places from the paper's text (e.g. dropouth 0.2 on WikiText-2).
 PRESETS = {
     # Its WikiText-2 command: 750 epochs, dropouth 0.2, seed 1882.
     "awd-lstm-wt2": {"model": "awd-lstm", "data": "wikitext-2", "dropout_hidden": 0.2, "seed": 1882},
@@ -87,6 +87,19 @@ PRESETS = {
                       "seed": 1882, "optimizer": "adam", "lr": 3e-3, "adam_betas": [0.7, 0.99],
                       "schedule": "onecycle", "warmup": 0.25, "batch_size": 100, "clip": 0.12,
                       "epochs": 90},
+    # Recipes for two hours of training on a 2-core CPU (issue 13), chosen by the trial pairs in
+    # results/budget-trials/. The budget is --max-minutes, so --max-minutes 60 gives the same
+    # recipe for an hour: the one-cycle schedule runs over the budget, plateau annealing adapts.
+    # The baseline: pair 2's winner, the 2x650 tied LSTM with SGD and plateau annealing.
+    "lstm-cpu-2h": {"model": "lstm", "data": "wikitext-2", "emsize": 650, "nhid": 650, "nlayers": 2,
+                    "tied": True, "dropout": 0.5, "lr": 20.0, "schedule": "plateau", "batch_size": 20,
+                    "bptt": 35, "max_minutes": 120.0, "checkpoint_every": 10.0},
+    # AWD-LSTM: awd-lstm-adam with every dropout at a quarter of the paper's (pair 3's winner).
+    "awd-lstm-cpu-2h": {"model": "awd-lstm", "data": "wikitext-2", "seed": 1882, "optimizer": "adam",
+                        "lr": 3e-3, "adam_betas": [0.7, 0.99], "schedule": "onecycle", "warmup": 0.25,
+                        "batch_size": 100, "clip": 0.12, "epochs": 90, "dropout_embedding": 0.025,
+                        "dropout_input": 0.1625, "dropout_hidden": 0.05, "dropout_output": 0.1,
+                        "dropout_weight": 0.125, "max_minutes": 120.0, "checkpoint_every": 10.0},
 }
 DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 # Flags that may change when a run is resumed; the rest would make it a different run.
@@ -146,8 +159,8 @@ def get_parser(description=None):
 
 def add_model_flags(g):
     g.add_argument("--preset", choices=PRESETS, default=None,
-                   help="a configuration from the original code's README; explicit flags override "
-                        "its values: " + preset_help())
+                   help="a named configuration (the original code's README commands, fast.ai's Adam "
+                        "recipe, the 2-hour CPU recipes); explicit flags override its values: " + preset_help())
     add(g, "data", "hub dataset (wikitext-2, wikitext-103, ptb, tinyshakespeare) or a folder with "
                    "train.txt/valid.txt/test.txt; with --level char also one text file, cut 90/5/5")
     add(g, "level", "tokens are words (split on whitespace, <eos> per line) or characters", choices=LEVELS)
@@ -332,7 +345,6 @@ def new_config(given):
         level = "-char" if cfg["level"] == "char" else ""
         cfg["save"] = f"checkpoints/{name}{level}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg
-
 
 
 def resolve_config(argv=None, description=None):

@@ -202,16 +202,17 @@ class Workspace:
         return flat[:rows * cols].view(rows, cols)
 
 
-# Chunks of at least this many rows read the decoder weight from a contiguous transposed copy;
-# smaller ones (dynamic evaluation's 5-token segments) from a transposed view of it.
-CONTIGUOUS_MIN_ROWS = 256
+# Calls with at least this many rows in all read the decoder weight from a contiguous transposed
+# copy, made once per call; fewer rows (the baseline's 20 x 35 batches, dynamic evaluation's
+# 5-token segments) read a transposed view of it (results/decoder/).
+CONTIGUOUS_MIN_ROWS = 4096
 
 
 def _decoder_operands(weight, bias, dtype, rows):
-    """(weight, its transpose, bias) in the matmul dtype, for chunks of `rows` rows. For large
-    chunks the transpose is made contiguous: the logits' matmul reads a (d, vocab) matrix much
-    faster than the transposed view of a (vocab, d) one (results/decoder/). For a few rows the
-    matmul is a pass over the weight either way, and the copy would cost more than it saves."""
+    """(weight, its transpose, bias) in the matmul dtype, for a call of `rows` rows in all. For
+    many rows the transpose is made contiguous: the logits' matmul reads a (d, vocab) matrix
+    faster than the transposed view of a (vocab, d) one, by more than the copy costs once the
+    rows are many; for fewer rows the copy costs more than it saves."""
     w = weight.to(dtype)
     return w, w.t().contiguous() if rows >= CONTIGUOUS_MIN_ROWS else w.t(), bias.to(dtype)
 
@@ -253,11 +254,22 @@ def _softmax_minus_onehot_(probs, targets):
     return nats.sum()
 
 
+def _weight_product(probs, x):
+    """probs.T @ x, (vocab, d). On CPU in bf16 the matmul reads a transposed (rows, vocab) matrix
+    much slower than it reads both operands as stored, so there it is (x.T @ probs).T, a
+    transposed view that the caller reads once: in the cast to the weight's dtype, or in the sum
+    it is added to (results/decoder/)."""
+    if probs.device.type == "cpu" and probs.dtype == torch.bfloat16:
+        return (x.t().contiguous() @ probs).t()
+    return probs.t() @ x
+
+
 def _weight_gradient(probs, x, weight, workspace):
     """probs.T @ x (vocab, d) in the weight's dtype: in the workspace's kept buffer when it keeps
-    one (see Workspace), else in a new tensor."""
+    one (see Workspace; few rows, where probs.T is read fast), else in a new contiguous tensor
+    (autograd would copy a transposed one into the weight's layout)."""
     if not workspace.keep_weight_grad:
-        return (probs.t() @ x).to(weight.dtype)
+        return _weight_product(probs, x).to(weight.dtype, memory_format=torch.contiguous_format)
     out = workspace.matrix(*weight.shape, weight.dtype, weight.device, "weight_grad")
     if probs.dtype == weight.dtype:
         return torch.mm(probs.t(), x, out=out)
@@ -289,7 +301,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # dynamic evaluation), else on the summed gradients.
         scale_probs = rows < weight.size(1)
         with torch.autocast(device.type, enabled=False):
-            w, w_t, b = _decoder_operands(weight, bias, dtype, rows)
+            w, w_t, b = _decoder_operands(weight, bias, dtype, n)
             for start, x, t in _chunks(features.to(dtype), targets, rows):
                 probs = probs_all[:x.size(0)]
                 torch.addmm(b, x, w_t, out=probs)  # logits (rows, vocab)
@@ -304,7 +316,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if grad_weight is None:
                     grad_weight, grad_bias = _weight_gradient(probs, x, weight, workspace), probs.sum(0).to(bias.dtype)
                 else:
-                    grad_weight.add_(probs.t() @ x)
+                    grad_weight.add_(_weight_product(probs, x))
                     grad_bias.add_(probs.sum(0))
         ctx.grads = (grad_features, grad_weight, grad_bias)
         if not scale_probs:
@@ -418,7 +430,7 @@ def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=No
     dtype = compute_dtype(features.device.type, features.dtype)
     features = features.to(dtype)
     shape = (min(rows, features.size(0)), weight.size(0))
-    _, w_t, b = _decoder_operands(weight, bias, dtype, shape[0])
+    _, w_t, b = _decoder_operands(weight, bias, dtype, features.size(0))
     nats = features.new_zeros((), dtype=torch.float64)
     correct = features.new_zeros((), dtype=torch.float64)
     workspace = Workspace() if workspace is None else workspace

@@ -9,7 +9,7 @@ from torch import nn
 import optim
 import train
 from config import model_config, resolve_config
-from helpers import AWD_TINY, metrics, step_by_step, write_corpus
+from helpers import AWD_TINY, ROOT, metrics, step_by_step, write_corpus
 from kernels import autocast
 from model import (
     AWDLSTM,
@@ -390,6 +390,16 @@ def test_presets_hold_the_paper_settings_and_explicit_flags_override_them():
     assert (mine["dropout_hidden"], mine["epochs"], mine["seed"]) == (0.1, 3, 1882)
     adam, _, _ = resolve_config(["--preset", "awd-lstm-adam"])
     assert (adam["optimizer"], adam["batch_size"], adam["clip"], adam["epochs"]) == ("adam", 100, 0.12, 90)
+
+
+@pytest.mark.parametrize("preset, trial", [("lstm-cpu-2h", "p2-lstm650-sgd-plateau"),
+                                           ("awd-lstm-cpu-2h", "p3-awd-adam-dropout-quarter")])
+def test_budget_presets_are_the_trial_winners_with_a_two_hour_budget(preset, trial):
+    cfg, _, _ = resolve_config(["--preset", preset])
+    saved = json.loads((ROOT / "results" / "budget-trials" / f"{trial}-config.json").read_text())
+    run_only = {"save", "max_minutes", "checkpoint_every", "log_interval", "preset", "device", "dtype"}
+    assert {k: v for k, v in cfg.items() if k not in run_only} == {k: v for k, v in saved.items() if k not in run_only}
+    assert (cfg["max_minutes"], cfg["checkpoint_every"]) == (120.0, 10.0)
 
 
 def test_every_technique_can_be_switched_off():

@@ -52,12 +52,22 @@ def decoder_problem():
 
 
 # 300 tokens in chunks of 5 (fewer rows than features: the mean's 1/n goes on the softmax's
-# gradient), of 128 (two full chunks and a partial one, the weight read through a transposed view)
-# or in one chunk of 300 (at least kernels.CONTIGUOUS_MIN_ROWS: a contiguous copy).
+# gradient), of 128 (two full chunks and a partial one) or in one chunk of 300; the decoder weight
+# read through a transposed view (300 rows are fewer than kernels.CONTIGUOUS_MIN_ROWS) or, with
+# the threshold lowered, from a contiguous transposed copy.
 CHUNK_ROWS = [5, 128, 300]
 
 
+@pytest.fixture(params=["view", "contiguous"])
+def weight_layout(request, monkeypatch):
+    """The tests that use it run with both layouts of the decoder weight (see kernels._decoder_operands)."""
+    if request.param == "contiguous":
+        monkeypatch.setattr(kernels, "CONTIGUOUS_MIN_ROWS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("rows", CHUNK_ROWS)
+@pytest.mark.usefixtures("weight_layout")
 def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(decoder_problem, rows):
     ref = reference_grads(*decoder_problem, scale=3.0)  # an upstream gradient of 3
     ours = fused_grads(*decoder_problem, scale=3.0, rows=rows)
@@ -66,6 +76,7 @@ def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(decoder_prob
 
 
 @pytest.mark.parametrize("rows", CHUNK_ROWS)
+@pytest.mark.usefixtures("weight_layout")
 def test_linear_cross_entropy_in_bf16_is_close(decoder_problem, rows):
     ref = reference_grads(*decoder_problem, scale=1.0)
     ours = fused_grads(*decoder_problem, scale=1.0, rows=rows, dtype=torch.bfloat16)
@@ -101,6 +112,7 @@ def test_linear_cross_entropy_in_bf16_keeps_the_gradient_of_confident_targets():
     assert loss.item() == pytest.approx(exact_nats.mean().item(), rel=0.01)
 
 
+@pytest.mark.usefixtures("weight_layout")
 def test_linear_scores_counts_nats_and_correct_predictions(decoder_problem):
     features, weight, bias, targets = decoder_problem
     logits = F.linear(features, weight, bias)
@@ -114,6 +126,7 @@ def test_linear_scores_counts_nats_and_correct_predictions(decoder_problem):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", CHUNK_ROWS)
+@pytest.mark.usefixtures("weight_layout")
 def test_the_scored_loss_scores_as_linear_scores_does(decoder_problem, rows, dtype):
     """score=True (dynamic evaluation's one pass over the logits) gives linear_scores' nats and
     correct predictions exactly, and linear_cross_entropy's loss and gradients exactly."""

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Issue 14's measurements for one trained WikiText-2 run: plain, cache, dynamic evaluation and both,
+# on valid and test, all at batch 1 in fp32, each split's JSON (with its seconds) in results/eval-methods/NAME/.
+# Both methods are tuned on valid first (tune.py) and the winner is applied once to test.
+# Run from the repository root with nothing else running (the times are part of the result).
+#   sh results/eval-methods/run.sh ~/runs/awd-long awd-long
+# Stopped: run the same command again; a step whose output exists is skipped, and the gradient
+# statistics are kept in ~/runs/NAME-ms.pt between steps.
+set -e
+RUN=$1
+OUT=results/eval-methods/$2
+MS=${RUNS:-$HOME/runs}/$2-ms.pt
+mkdir -p "$OUT"
+score() {  # score NAME SPLIT FLAGS...: one evaluate.py call, skipped when its JSON exists
+  name=$1 split=$2; shift 2
+  [ -f "$OUT/$name-$split.json" ] || python evaluate.py "$RUN" --split "$split" --batch-size 1 "$@" \
+    --json "$OUT/$name-$split.json" >> "$OUT/$name-$split.log" 2>&1
+}
+best() {  # best METHOD: the winning flags from tune.py's table, as evaluate.py flags
+  python -c "import json, sys; import tune; r = json.load(open('$OUT/tune-$1.json'))['rows'][0]; \
+r = {k: v for k, v in r.items() if not k.startswith('val_')}; print(tune.method_flags('$1', r))"
+}
+for split in valid test; do score plain $split; done
+[ -f "$OUT/tune-cache.json" ] || python tune.py "$RUN" --method cache --out "$OUT" > "$OUT/tune-cache.log" 2>&1
+for split in valid test; do score cache $split $(best cache); done
+[ -f "$OUT/tune-dynamic.json" ] || python tune.py "$RUN" --method dynamic --dyn-stats "$MS" --out "$OUT" \
+  > "$OUT/tune-dynamic.log" 2>&1
+for split in valid test; do score dynamic $split $(best dynamic) --dyn-stats "$MS"; done
+for split in valid test; do score both $split $(best cache) $(best dynamic) --dyn-stats "$MS"; done

@@ -1,0 +1,32 @@
+#!/bin/sh
+# The headline of issue 13: the two 2-hour recipes (presets lstm-cpu-2h and awd-lstm-cpu-2h), one
+# after the other, each alone on both cores, then each scored on valid (batch 10, as in training)
+# and test (batch 1, the paper's protocol), and both curves drawn against minutes.
+# Run from the repository root with nothing else running (pause the long run first).
+#   sh results/headline/run.sh              # both presets, or what is left of them
+#   sh results/headline/run.sh lstm-cpu-2h  # one of them
+# Stopped (Ctrl-C, SIGTERM, end of session): run the same command again; a run is resumed from its
+# last.pt and a split that already has its JSON is not scored again.
+set -e
+R=${RUNS:-$HOME/runs}
+OUT=results/headline
+for preset in ${@:-lstm-cpu-2h awd-lstm-cpu-2h}; do
+  run=$R/$preset
+  if [ -f "$run/config.json" ]; then
+    python train.py --resume "$run" >> "$OUT/$preset-train.log" 2>&1
+  else
+    python train.py --preset "$preset" --save "$run" > "$OUT/$preset-train.log" 2>&1
+  fi
+  for split in valid test; do
+    [ -f "$OUT/$preset-$split.json" ] || python evaluate.py "$run" --split $split \
+      --json "$OUT/$preset-$split.json" >> "$OUT/$preset-eval.log" 2>&1
+  done
+  cp "$run/metrics.jsonl" "$OUT/$preset-metrics.jsonl"
+  cp "$run/config.json" "$OUT/$preset-config.json"
+done
+if [ -f "$R/lstm-cpu-2h/metrics.jsonl" ] && [ -f "$R/awd-lstm-cpu-2h/metrics.jsonl" ]; then
+  python plot.py "$R/lstm-cpu-2h" "$R/awd-lstm-cpu-2h" --x minutes --ppl --title "WikiText-2, 2 hours on 2 CPU cores" \
+    -o "$OUT/curves-minutes.png"
+  python plot.py "$R/lstm-cpu-2h" "$R/awd-lstm-cpu-2h" --ppl --title "WikiText-2, 2 hours on 2 CPU cores" \
+    -o "$OUT/curves-epochs.png"
+fi
