@@ -103,11 +103,22 @@ MUTANTS = {
 }
 
 
+# Folders of results/ that tests read (the trial configs that the budget presets must equal); the
+# rest of results/ is not copied.
+RESULTS_READ_BY_TESTS = {"budget-trials"}
+
+
+def skip_in_copy(folder, names):
+    """shutil.copytree's ignore: what a mutant's copy of the tree leaves out."""
+    if Path(folder) == ROOT / "results":
+        return [n for n in names if n not in RESULTS_READ_BY_TESTS]
+    return [n for n in names if n in {".git", "checkpoints", "__pycache__", ".pytest_cache", ".ruff_cache"}]
+
+
 def run_mutant(name, path, old, new):
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
-        shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", "checkpoints", "results", "__pycache__",
-                                                                    ".pytest_cache", ".ruff_cache"))
+        shutil.copytree(ROOT, tree, ignore=skip_in_copy)
         target = tree / path
         text = target.read_text()
         if text.count(old) != 1:
