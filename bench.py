@@ -223,6 +223,27 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
     return results
 
 
+def alternate_training(model, cfg, source, versions, rounds=10, steps=3):
+    """Tokens/s of whole training steps of model on source (rows, batch) under each version,
+    the versions alternated in windows of `steps` steps in one process, so that the machine's
+    swings in speed hit all alike; `rounds` timed rounds after one that warms up. versions:
+    name -> (setup, optimizer), setup() called before each window of its version."""
+    hidden, workspace, position = model.init_hidden(cfg["batch_size"]), Workspace(), 0
+    times = {name: [] for name in versions}
+    model.train()
+    for r in range(rounds + 1):
+        for name, (setup, optimizer) in versions.items():
+            setup()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                x, y = get_batch(source, position, cfg["bptt"])
+                position = (position + cfg["bptt"]) % (source.size(0) - cfg["bptt"] - 1)
+                hidden = train.train_step(model, x, y, hidden, optimizer, cfg, workspace=workspace).hidden
+            if r:
+                times[name].append(steps * x.numel() / (time.perf_counter() - t0))
+    return times
+
+
 def get_parser():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=CONFIGS, default="lstm-small", help="model size to time (default: lstm-small)")

@@ -97,6 +97,8 @@ MUTANTS = {
                                                "grad, ctx.tied.grad = None, None"),
     "tied-decoder-gradient-without-a-lookup": ("kernels.py", "if ctx.tied is not None and ctx.tied.lookup:",
                                                "if ctx.tied is not None:"),
+    "resume-drops-the-fused-optimizer": ("train.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
+                                         'self.optimizer.load_state_dict(ckpt["optimizer"])'),
     "scored-loss-scores-the-softmax": ("kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
                                        "torch.softmax(probs, dim=1, out=probs)\n"
                                        "                    log_likelihood, hits = _score_chunk(probs, log_probs_all"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import checkpoint
+import config
 import evaluate
 import train
 from data import batchify, load_corpus
@@ -54,6 +55,16 @@ def test_resume_after_epoch_one_matches_an_uninterrupted_run(corpus_dir, tmp_pat
     assert metrics(split) == metrics(straight)
     assert_same_weights(weights(split), weights(straight))
     assert_same_weights(weights(split, "model.pt"), weights(straight, "model.pt"))
+
+
+def test_adam_runs_fused_and_resumes_fused_from_a_run_saved_without_it(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train.main(["--data", str(corpus_dir), *TINY, "--optimizer", "adam", "--lr", "0.01", "--epochs", "1",
+                       "--save", str(run)]) == 0
+    cfg, ckpt, mode = config.resolve_config(["--resume", str(run), "--epochs", "2"])
+    assert [g["fused"] for g in ckpt["optimizer"]["param_groups"]] == [True]
+    ckpt["optimizer"]["param_groups"][0]["fused"] = None  # as saved before the optimizer was fused
+    assert [g["fused"] for g in train.Run(cfg, ckpt, mode).optimizer.param_groups] == [True]
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(corpus_dir, tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ batch and the weight gradient as probs.T @ x; "after": kernels as they are now.
 """
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -16,34 +15,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 import bench  # noqa: E402
 import kernels  # noqa: E402
-import train  # noqa: E402
-from data import batchify, get_batch, load_corpus  # noqa: E402
+from data import batchify, load_corpus  # noqa: E402
 
 AFTER = {"CONTIGUOUS_MIN_ROWS": kernels.CONTIGUOUS_MIN_ROWS, "_weight_product": kernels._weight_product}
 BEFORE = {"CONTIGUOUS_MIN_ROWS": 0, "_weight_product": lambda probs, x: probs.t() @ x}
 
 
 def main():
-    name, rounds, steps = sys.argv[1], 10, 3
+    name = sys.argv[1]
     corpus = load_corpus("wikitext-2")
     model, cfg = bench.build(name, len(corpus.itos), "bf16")
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     source = batchify(corpus.train, cfg["batch_size"], torch.device("cpu"))
-    hidden, workspace, position = model.init_hidden(cfg["batch_size"]), kernels.Workspace(), 0
-    times = {"before": [], "after": []}
-    model.train()
-    for r in range(rounds + 1):
-        for version, patch in (("before", BEFORE), ("after", AFTER)):
-            for key, value in patch.items():
+
+    def patch(values):
+        def apply():
+            for key, value in values.items():
                 setattr(kernels, key, value)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                x, y = get_batch(source, position, cfg["bptt"])
-                position = (position + cfg["bptt"]) % (source.size(0) - cfg["bptt"] - 1)
-                hidden = train.train_step(model, x, y, hidden, optimizer, cfg, workspace=workspace).hidden
-            if r:  # the first round warms up
-                times[version].append(steps * x.numel() / (time.perf_counter() - t0))
-    print(f"{name}, bf16, {torch.get_num_threads()} threads, {rounds} rounds of {steps} steps per version, tokens/s")
+        return apply
+
+    times = bench.alternate_training(model, cfg, source, {"before": (patch(BEFORE), optimizer),
+                                                          "after": (patch(AFTER), optimizer)})
+    print(f"{name}, bf16, {torch.get_num_threads()} threads, {len(times['after'])} rounds of 3 steps per version, "
+          "tokens/s")
     for version, ts in times.items():
         print(f"{version}: median {statistics.median(ts):,.0f} ({', '.join(f'{t:,.0f}' for t in ts)})")
     ratios = [a / b for a, b in zip(times["after"], times["before"], strict=True)]
