@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import dyneval
 import evaluate
 import train
+from cache import PointerCache
 from dyneval import DynamicSettings, dynamic_evaluate, gradient_statistics
 from helpers import TINY, digests, write_corpus
 from model import AWDLSTM, AWDConfig
@@ -48,7 +49,6 @@ def test_no_step_and_no_decay_give_plain_evaluation_exactly():
 
 
 def test_with_a_cache_and_no_step_it_equals_plain_evaluation_with_the_cache_exactly():
-    from cache import PointerCache
     model = tiny_model()
     source = tokens(103, 7)
     source[::4] = 3  # a word that recurs, so that the cache matters
