@@ -244,6 +244,42 @@ def alternate_training(model, cfg, source, versions, rounds=10, steps=3):
     return times
 
 
+def median_ms(f, reps=9):
+    """Median milliseconds of `reps` calls of f, after one untimed call."""
+    f()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def alternation_report(times, new="after", old="before"):
+    """Lines for alternate_training's times: each version's median tokens/s and rounds, then
+    new / old as the median of the rounds' ratios and as the ratio of the medians."""
+    lines = [f"{version}: median {statistics.median(ts):,.0f} ({', '.join(f'{t:,.0f}' for t in ts)})"
+             for version, ts in times.items()]
+    ratios = [a / b for a, b in zip(times[new], times[old], strict=True)]
+    lines.append(f"{new} / {old}: median of the rounds' ratios {statistics.median(ratios):.3f}, "
+                 f"ratio of medians {statistics.median(times[new]) / statistics.median(times[old]):.3f}")
+    return lines
+
+
+def compare_training(name, setups, rounds=10, steps=3):
+    """Print alternate_training's report for bench config `name` in bf16 on WikiText-2's training
+    data, one SGD optimizer shared, under each of setups (version -> setup(), "before" and
+    "after")."""
+    corpus = load_corpus("wikitext-2")
+    model, cfg = build(name, len(corpus.itos), "bf16")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    source = batchify(corpus.train, cfg["batch_size"], torch.device("cpu"))
+    times = alternate_training(model, cfg, source, {v: (setup, optimizer) for v, setup in setups.items()},
+                               rounds, steps)
+    print(f"{name}, bf16, {torch.get_num_threads()} threads, {rounds} rounds of {steps} steps per version, tokens/s")
+    print("\n".join(alternation_report(times)))
+
+
 def get_parser():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=CONFIGS, default="lstm-small", help="model size to time (default: lstm-small)")

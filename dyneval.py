@@ -16,6 +16,7 @@ a decay towards the trained weights θ0 ("RMS with an RMS global prior"):
 The recurrent state is carried from segment to segment, as in plain evaluation. The model's
 weights are θ0 again when dynamic_evaluate returns, whatever happened inside it.
 """
+import functools
 import hashlib
 import sys
 from contextlib import contextmanager
@@ -137,25 +138,68 @@ def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=Fal
     return ms
 
 
+def _update_in_one_pass(params, theta0, ms, grads, lam_over_mean, lr, epsilon):
+    """The update rule as one expression per tensor, for torch.compile: the decay
+    min(lam MS / mean_MS, 1) and the step lr / (MS + epsilon) are derived from MS inside the
+    pass, so the compiled kernel reads θ, θ0, MS and g once and writes θ (20 bytes per entry,
+    against 32 for Adaptation's two eager passes over stored constants). The scalars are 0-dim
+    tensors, so that other settings (tune.py's grid) reuse the compiled kernel."""
+    for p, t, m, g in zip(params, theta0, ms, grads, strict=True):
+        p.copy_(p + (m * lam_over_mean).clamp(max=1) * (t - p) - lr * g / (m + epsilon))
+
+
+@functools.cache
+def _compiled_update():
+    """torch.compile of _update_in_one_pass, made once per process (it compiles on its first call)."""
+    return torch.compile(_update_in_one_pass, dynamic=False)
+
+
+# Models with at least this many parameters get the compiled update, where the time it saves on
+# every segment soon repays its compiling (README, results/eval-methods/); smaller ones run eagerly.
+COMPILED_UPDATE_MIN_PARAMS = 1 << 22
+
+
 class Adaptation:
     """The update rule with its per-entry constants, made once from MS. With the decay
-    d = lam * r, the step is θ <- θ ⊙ (1 - d) + d ⊙ θ0 - (lr / (MS + epsilon)) ⊙ g: two passes over
-    the weights, with no allocation. step(grads) takes g in the order of model.parameters();
-    restore() puts θ0 back."""
+    d = min(lam * MS / mean_MS, 1), the step is θ <- θ + d ⊙ (θ0 - θ) - lr g / (MS + epsilon).
+    compiled=False runs it eagerly as θ <- θ ⊙ (1 - d) + d ⊙ θ0 - (lr / (MS + epsilon)) ⊙ g from
+    stored constants: two passes over the weights, with no allocation. compiled=True runs it as
+    one pass compiled by torch.compile (see _update_in_one_pass), or eagerly when compiling fails
+    (with a warning); None chooses by the model's size. step(grads) takes g in the order of
+    model.parameters(); restore() puts θ0 back."""
 
-    def __init__(self, model, ms, settings):
+    def __init__(self, model, ms, settings, compiled=None):
         self.params = [p for _, p in model.named_parameters()]
-        ms = [ms[n] for n, _ in model.named_parameters()]
-        mean_ms = sum(m.mean() for m in ms) / len(ms)
+        self.ms = [ms[n] for n, _ in model.named_parameters()]
+        if compiled is None:
+            compiled = sum(p.numel() for p in self.params) >= COMPILED_UPDATE_MIN_PARAMS
         s = settings
-        decay = [(m / mean_ms).clamp_(max=1 / s.lam).mul_(s.lam) if s.lam > 0 else torch.zeros_like(m) for m in ms]
         self.theta0 = [p.detach().clone() for p in self.params]
+        mean_ms = sum(m.mean() for m in self.ms) / len(self.ms)
+        self.scalars = [torch.as_tensor(v, dtype=torch.float32, device=self.params[0].device)
+                        for v in (s.lam / mean_ms, s.lr, s.epsilon)]
+        self.compiled = compiled
+        if not compiled:
+            self._make_constants()
+
+    def _make_constants(self):
+        lam_over_mean, lr, epsilon = self.scalars
+        decay = [(m * lam_over_mean).clamp_(max=1) for m in self.ms]
         self.keep = [1 - d for d in decay]
         self.pull = [d * t for d, t in zip(decay, self.theta0, strict=True)]
-        self.neg_step = [-s.lr / (m + s.epsilon) for m in ms]
+        self.neg_step = [-lr / (m + epsilon) for m in self.ms]
 
     @torch.no_grad()
     def step(self, grads):
+        if self.compiled:
+            try:
+                _compiled_update()([p.detach() for p in self.params], self.theta0, self.ms, grads, *self.scalars)
+                return
+            except Exception as e:  # noqa: BLE001 - no compiler here: the same update, eagerly
+                print(f"warning: dynamic evaluation's compiled update failed ({cli.first_line(e)}); "
+                      "running it eagerly", file=sys.stderr)
+                self.compiled = False
+                self._make_constants()
         for p, g, keep, pull, neg_step in zip(self.params, grads, self.keep, self.pull, self.neg_step, strict=True):
             torch.addcmul(pull, p, keep, out=p)
             p.addcmul_(neg_step, g)

@@ -94,7 +94,14 @@ def manual_two_steps(model, source, ms, s):
     return expected
 
 
-def test_two_updates_match_the_formula(monkeypatch):
+@pytest.mark.parametrize("update", ["eager", "one pass", pytest.param("compiled", marks=pytest.mark.slow)])
+def test_two_updates_match_the_formula(monkeypatch, update):
+    """Every way of running the update: eagerly from stored constants; the one-pass expression
+    that large models get compiled, run here as plain PyTorch; and compiled (slow: it compiles)."""
+    compiled = update != "eager"
+    monkeypatch.setattr(dyneval, "COMPILED_UPDATE_MIN_PARAMS", 0 if compiled else 1 << 62)
+    if update == "one pass":
+        monkeypatch.setattr(dyneval, "_compiled_update", lambda: dyneval._update_in_one_pass)
     model = tiny_model()
     source, ms = tokens(11, 3), fake_ms(model)
     s = DynamicSettings(lr=3e-3, lam=0.05, epsilon=1e-3)
@@ -104,24 +111,52 @@ def test_two_updates_match_the_formula(monkeypatch):
 
     def capture_then_restore(self):
         seen.update(weights(model))
+        seen["compiled"] = self.compiled  # still: compiling did not fail over to the eager update
         real_restore(self)
 
     monkeypatch.setattr(dyneval.Adaptation, "restore", capture_then_restore)
     theta0 = weights(model)
     dynamic_evaluate(model, source, ms, s)
+    assert seen.pop("compiled") == compiled
     for n, p in expected.items():
         torch.testing.assert_close(seen[n], p, rtol=1e-5, atol=1e-7)
         assert not torch.equal(seen[n], theta0[n]), n  # the step moved every tensor
         assert torch.equal(model.get_parameter(n), theta0[n])  # and θ0 is back
 
 
-def test_decay_rates_are_clipped_at_one_over_lambda():
+def test_a_failed_compile_gives_a_warning_and_the_eager_update(monkeypatch, capsys):
+    model = tiny_model()
+    source, ms, s = tokens(31, 8), fake_ms(model), DynamicSettings(lr=1e-2, lam=0.05, epsilon=1e-3)
+    eager = dynamic_evaluate(model, source, ms, s)
+
+    def no_compiler(*args):
+        raise RuntimeError("InductorError: CppCompileError: no C++ compiler\nmore detail")
+
+    monkeypatch.setattr(dyneval, "COMPILED_UPDATE_MIN_PARAMS", 0)
+    monkeypatch.setattr(dyneval, "_compiled_update", lambda: no_compiler)
+    assert dynamic_evaluate(model, source, ms, s) == eager
+    err = capsys.readouterr().err
+    assert err.startswith("warning: dynamic evaluation's compiled update failed (") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("update", ["eager", "one pass"])
+def test_decay_rates_are_clipped_at_one_over_lambda(monkeypatch, update):
+    """A huge MS entry has its decay rate clipped to 1/lambda, i.e. a decay of 1: one step with no
+    gradient pulls that entry all the way back to θ0, where an unclipped rate would overshoot."""
+    monkeypatch.setattr(dyneval, "COMPILED_UPDATE_MIN_PARAMS", 0 if update == "one pass" else 1 << 62)
+    monkeypatch.setattr(dyneval, "_compiled_update", lambda: dyneval._update_in_one_pass)
     model = tiny_model()
     ms = {n: torch.ones_like(p) for n, p in model.named_parameters()}
-    ms["decoder.bias"][0] = 1e6  # a huge rate, clipped to lam * (1 / lam) = 1: pulled all the way back
+    ms["decoder.bias"][0] = 1e6
     adaptation = dyneval.Adaptation(model, ms, DynamicSettings(lr=0.0, lam=0.1, epsilon=1e-3))
-    assert adaptation.keep[-1][0].item() == pytest.approx(0.0)  # 1 - decay
-    assert adaptation.keep[-1][1].item() > 0.9
+    theta0 = model.decoder.bias.detach().clone()
+    with torch.no_grad():
+        model.decoder.bias.add_(1.0)
+    adaptation.step([torch.zeros_like(p) for p in model.parameters()])
+    bias = model.decoder.bias.detach()
+    assert bias[0].item() == pytest.approx(theta0[0].item(), abs=1e-6)  # decay 1: back at θ0
+    mean_ms = 1 + (1e6 - 1) / 30 / len(ms)  # the mean over tensors of each tensor's mean MS
+    assert bias[1].item() - theta0[1].item() == pytest.approx(1 - 0.1 / mean_ms, rel=1e-4)  # moved by d = lam / mean
 
 
 def test_gradient_statistics_are_the_root_mean_square_of_segment_gradients():

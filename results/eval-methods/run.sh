@@ -1,6 +1,7 @@
 #!/bin/sh
 # Issue 14's measurements for one trained WikiText-2 run: plain, cache, dynamic evaluation and both,
-# on valid and test, all at batch 1 in fp32, each split's JSON (with its seconds) in results/eval-methods/NAME/.
+# on valid and test, all at batch 1 in fp32, each split's JSON (with its seconds) in results/eval-methods/NAME/
+# (both together on test only when they beat dynamic evaluation alone on valid).
 # Both methods are tuned on valid first (tune.py) and the winner is applied once to test.
 # Run from the repository root with nothing else running (the times are part of the result).
 #   sh results/eval-methods/run.sh ~/runs/awd-long awd-long
@@ -26,4 +27,11 @@ for split in valid test; do score cache $split $(best cache); done
 [ -f "$OUT/tune-dynamic.json" ] || python tune.py "$RUN" --method dynamic --dyn-stats "$MS" --out "$OUT" \
   > "$OUT/tune-dynamic.log" 2>&1
 for split in valid test; do score dynamic $split $(best dynamic) --dyn-stats "$MS"; done
-for split in valid test; do score both $split $(best cache) $(best dynamic) --dyn-stats "$MS"; done
+# Both together on test only where they beat dynamic evaluation alone on valid.
+score both valid $(best cache) $(best dynamic) --dyn-stats "$MS"
+if python -c "import json, sys; l = lambda n: json.load(open('$OUT/' + n + '-valid.json'))['loss']; \
+sys.exit(l('both') >= l('dynamic'))"; then
+  score both test $(best cache) $(best dynamic) --dyn-stats "$MS"
+else
+  echo "both: not better than dynamic evaluation alone on valid; test not scored" > "$OUT/both-test.skipped"
+fi

@@ -4,7 +4,6 @@ parameters (made-up constants; only the memory traffic matters): as dyneval.Adap
 
     python results/eval-methods/time_update.py RUN
 """
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench import median_ms  # noqa: E402
 from checkpoint import load_model  # noqa: E402
 
 model, _ = load_model(sys.argv[1])
@@ -34,16 +34,6 @@ def foreach():
 def fused(ps, gs, keep, pull, step):
     for p, g, k, pl, s in zip(ps, gs, keep, pull, step, strict=True):
         p.copy_(p * k + pl + s * g)
-
-
-def median_ms(f, reps=9):
-    f()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
 
 
 t0 = time.time()
