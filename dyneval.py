@@ -163,23 +163,21 @@ class Adaptation:
     """The update rule with its per-entry constants, made once from MS. With the decay
     d = min(lam * MS / mean_MS, 1), the step is θ <- θ + d ⊙ (θ0 - θ) - lr g / (MS + epsilon).
     compiled=False runs it eagerly as θ <- θ ⊙ (1 - d) + d ⊙ θ0 - (lr / (MS + epsilon)) ⊙ g from
-    stored constants: two passes over the weights, with no allocation. compiled=True runs it as
-    one pass compiled by torch.compile (see _update_in_one_pass), or eagerly when compiling fails
-    (with a warning); None chooses by the model's size. step(grads) takes g in the order of
-    model.parameters(); restore() puts θ0 back."""
+    stored constants: two passes over the weights, with no allocation. Models of
+    COMPILED_UPDATE_MIN_PARAMS or more run it as one pass compiled by torch.compile (see
+    _update_in_one_pass), or eagerly when compiling fails (with a warning). step(grads) takes g in
+    the order of model.parameters(); restore() puts θ0 back."""
 
-    def __init__(self, model, ms, settings, compiled=None):
+    def __init__(self, model, ms, settings):
         self.params = [p for _, p in model.named_parameters()]
         self.ms = [ms[n] for n, _ in model.named_parameters()]
-        if compiled is None:
-            compiled = sum(p.numel() for p in self.params) >= COMPILED_UPDATE_MIN_PARAMS
         s = settings
         self.theta0 = [p.detach().clone() for p in self.params]
         mean_ms = sum(m.mean() for m in self.ms) / len(self.ms)
         self.scalars = [torch.as_tensor(v, dtype=torch.float32, device=self.params[0].device)
                         for v in (s.lam / mean_ms, s.lr, s.epsilon)]
-        self.compiled = compiled
-        if not compiled:
+        self.compiled = sum(p.numel() for p in self.params) >= COMPILED_UPDATE_MIN_PARAMS
+        if not self.compiled:
             self._make_constants()
 
     def _make_constants(self):
