@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels import model_scores
+
 
 @dataclass(frozen=True)
 class CacheSettings:
@@ -56,13 +58,18 @@ def check_settings(window, theta, lam):
 
 class PointerCache:
     """The memory of each column's last `window` raw outputs and the words that followed them,
-    carried from one evaluation window to the next like the recurrent state."""
+    carried from one evaluation window to the next like the recurrent state.
+
+    It also counts the model alone, from the same log-probabilities and as a pass without the
+    cache counts it (kernels.model_scores), so that one pass gives both numbers: model_nats and
+    model_correct, float64 sums on the device over the positions scored so far."""
 
     def __init__(self, window, theta, lam, original_gaps=None):
         self.window, self.theta, self.lam, self.gaps = window, theta, lam, original_gaps
         self.keys = None  # (M, batch, d) fp32, M <= window: the latest outputs, oldest first
         self.words = None  # (M, batch): the word that followed each of them
         self.seen = 0  # positions of each column already scored
+        self.model_nats = self.model_correct = None
 
     def mixer(self, raw, targets):
         """For one evaluation window, raw outputs (T, batch, d) and targets (T, batch): a function
@@ -73,8 +80,13 @@ class PointerCache:
         keys = raw if self.keys is None else torch.cat([self.keys, raw])
         words = targets if self.words is None else torch.cat([self.words, targets])
         first, seen = keys.size(0) - raw.size(0), self.seen  # where the window starts, in keys and in the split
+        if self.model_nats is None:
+            self.model_nats, self.model_correct = (raw.new_zeros((), dtype=torch.float64) for _ in range(2))
 
         def mix(start, log_probs, t):
+            log_likelihood, hits = model_scores(log_probs, t)  # before the mixture overwrites log_probs
+            self.model_nats -= log_likelihood
+            self.model_correct += hits
             s, e = start // batch, (start + t.numel()) // batch
             weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)
             return mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights, lam, key_words)

@@ -7,6 +7,9 @@ for character-level runs).
     python evaluate.py checkpoints/<run> --cache            # with the continuous cache pointer
     python evaluate.py checkpoints/<run> --dynamic-eval     # with dynamic evaluation
     python evaluate.py checkpoints/<run> --dynamic-eval --cache --dyn-stats ms.pt   # both; statistics kept
+
+With --cache, the same pass also reports the scores without the cache's mixture (with
+--dynamic-eval: dynamic evaluation alone), since the model's predictions do not depend on it.
 """
 import argparse
 import json
@@ -245,11 +248,15 @@ def main(argv=None):
                                           cache=job.cache))
     else:
         scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True, cache=job.cache)
+    seconds = time.time() - t0
+    tokens, batch_size = (job.source.size(0) - 1) * job.source.size(1), job.source.size(1)
+    alone = None
     if job.cache:
         extra["cache"] = {"window": job.cache.window, "theta": job.cache.theta, "lambda": job.cache.lam,
                           "original_gaps": job.cache.gaps}
-    seconds = time.time() - t0
-    tokens, batch_size = (job.source.size(0) - 1) * job.source.size(1), job.source.size(1)
+        # The same pass without the cache's mixture (with dynamic evaluation: dynamic evaluation alone).
+        alone = Scores(job.cache.model_nats.item() / tokens, job.cache.model_correct.item() / tokens)
+        extra["without_cache"] = {"loss": alone.loss, "ppl": alone.ppl, "accuracy": alone.accuracy}
     result = {"run": str(args.run), "split": args.split, "level": job.level, "loss": scores.loss,
               "ppl": scores.ppl, "accuracy": scores.accuracy, "tokens": tokens, "batch_size": batch_size,
               "window": job.window, "dtype": args.dtype, "epoch": job.ckpt["state"]["epoch"],
@@ -262,6 +269,9 @@ def main(argv=None):
     print(f"{args.split} loss {scores.loss:.4f} nats/{job.level}{bits} | ppl {scores.ppl:.2f} | "
           f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | window {job.window}{method} | "
           f"{args.dtype} | {tokens / seconds:,.0f} tokens/s")
+    if alone:
+        print(f"{args.split} without the cache, from the same pass: loss {alone.loss:.4f} | ppl {alone.ppl:.2f} | "
+              f"accuracy {alone.accuracy:.2%}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -224,12 +224,16 @@ def _score_chunk(logits, log_probs, targets, mix=None, start=0):
     mix(start, log_probs, targets) scores the chunk instead."""
     if log_probs is not logits:
         log_probs.copy_(logits)
-    if mix is not None:
-        torch.log_softmax(log_probs, dim=1, out=log_probs)
-        return mix(start, log_probs, targets)
-    correct = _argmax_hits_(log_probs, targets)  # in fp32, where amax reads faster than in bf16
     torch.log_softmax(log_probs, dim=1, out=log_probs)
-    return log_probs.gather(1, targets[:, None]).sum(), correct
+    if mix is not None:
+        return mix(start, log_probs, targets)
+    return model_scores(log_probs, targets)
+
+
+def model_scores(log_probs, targets):
+    """(summed target log-likelihood (fp32), correct argmax predictions (float64)) of a chunk's
+    fp32 log-probabilities (rows, vocab): how every score here counts the model alone."""
+    return log_probs.gather(1, targets[:, None]).sum(), argmax_hits_(log_probs, targets)
 
 
 def _softmax_minus_onehot_(probs, targets):
@@ -396,7 +400,7 @@ def tied_embedding(tokens, weight, tied):
     return _TiedEmbedding.apply(tokens, weight, tied)
 
 
-def _argmax_hits_(scores, targets):
+def argmax_hits_(scores, targets):
     """How many rows of scores (rows, vocab) have their argmax at the target, with ties broken
     as torch.argmax breaks them (the first maximum wins); a float64 scalar.
 

@@ -74,6 +74,18 @@ MUTANTS = {
     "cache-mixed-where-memory-empty": ("cache.py", "torch.where(visible.any(1, keepdim=True), self.lam, 0.0)",
                                        "torch.where(visible.any(1, keepdim=True), self.lam, self.lam)"),
     "cache-original-gaps-off-by-one": ("cache.py", "(g > self.window)", "(g >= self.window)"),
+    "cache-model-alone-counted-after-the-mixture": (
+        "cache.py", "            log_likelihood, hits = model_scores(log_probs, t)  # before the mixture overwrites "
+        "log_probs\n            self.model_nats -= log_likelihood\n            self.model_correct += hits\n"
+        "            s, e = start // batch, (start + t.numel()) // batch\n"
+        "            weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)\n"
+        "            return mixture_scores(",
+        "            s, e = start // batch, (start + t.numel()) // batch\n"
+        "            weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)\n"
+        "            mixed = mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights, lam, "
+        "key_words)\n            log_likelihood, hits = model_scores(log_probs, t)\n"
+        "            self.model_nats -= log_likelihood\n            self.model_correct += hits\n"
+        "            return mixed\n            return mixture_scores("),
     "average-start-late": ("train.py", 'run.progress() >= cfg["average_start"]',
                            'run.progress() > cfg["average_start"] + 0.1'),
     "dyneval-decay-away-from-theta0": ("dyneval.py", "self.keep = [1 - d for d in decay]",

@@ -99,6 +99,20 @@ def test_lambda_zero_gives_plain_evaluation_exactly():
     assert evaluate.evaluate(model, source, cache=PointerCache(50, 1.0, 0.0)) == evaluate.evaluate(model, source)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_pass_with_the_cache_also_counts_the_model_alone_exactly(batch):
+    """The model-alone sums that a cache keeps are a pass without the cache, bit for bit."""
+    model = tiny_model()
+    source = torch.randint(0, 40, (150, batch), generator=torch.Generator().manual_seed(6))
+    source[::5] = 7
+    cache = PointerCache(40, 1.0, 0.3)
+    cached = evaluate.evaluate(model, source, window=23, cache=cache)
+    plain = evaluate.evaluate(model, source, window=23)
+    tokens = source[1:].numel()
+    assert (cache.model_nats.item() / tokens, cache.model_correct.item() / tokens) == (plain.loss, plain.accuracy)
+    assert cached.loss < plain.loss  # and the mixture itself is not what was counted
+
+
 def test_the_cache_lowers_the_loss_on_a_text_that_repeats_a_rare_word():
     model = tiny_model()
     source = torch.randint(0, 40, (300, 1), generator=torch.Generator().manual_seed(4))
@@ -143,6 +157,10 @@ def test_cache_on_a_trained_run_writes_its_settings(trained_run, tmp_path):
     result = json.loads(out.read_text())
     assert result["batch_size"] == 1 and result["cache"] == {"window": 50, "theta": 0.5, "lambda": 0.1,
                                                              "original_gaps": None}
+    plain = tmp_path / "plain.json"
+    assert evaluate.main([str(run), "--split", "valid", "--batch-size", "1", "--json", str(plain)]) == 0
+    plain = json.loads(plain.read_text())
+    assert result["without_cache"] == {k: plain[k] for k in ("loss", "ppl", "accuracy")}
     assert metrics(run)  # the run is untouched and still readable
 
 

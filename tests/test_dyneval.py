@@ -60,6 +60,21 @@ def test_with_a_cache_and_no_step_it_equals_plain_evaluation_with_the_cache_exac
     assert loss != plain_evaluation(model, source).loss
 
 
+def test_with_a_cache_the_model_alone_is_dynamic_evaluation_alone_exactly():
+    """The update descends the model's own loss, so a pass with the cache adapts the weights as
+    one without it does, and the model-alone sums it keeps are dynamic evaluation alone."""
+    model = tiny_model()
+    source = tokens(103, 8)
+    source[::4] = 3
+    settings = DynamicSettings(lr=3e-2, lam=2e-2, epsilon=1e-3)
+    cache = PointerCache(30, 0.8, 0.3)
+    mixed, _ = dynamic_evaluate(model, source, fake_ms(model), settings, cache=cache)
+    alone = dynamic_evaluate(model, source, fake_ms(model), settings)
+    n = source.size(0) - 1
+    assert (cache.model_nats.item() / n, cache.model_correct.item() / n) == alone
+    assert alone[0] != plain_evaluation(model, source).loss and mixed != alone[0]
+
+
 def test_the_first_segment_is_scored_before_it_is_learned_from():
     model = tiny_model()
     source = tokens(6, 2)  # one segment of 5 targets
