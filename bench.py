@@ -35,7 +35,7 @@ import train
 from config import base_defaults, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
 from evaluate import eval_window, score_batch
-from kernels import DTYPES, LSTM_KERNELS, Workspace
+from kernels import DTYPES, LSTM_KERNELS, Workspace, keep_freed_memory
 from model import LanguageModel, LMOutput, build_model
 
 WT2_VOCAB = 33_278
@@ -349,6 +349,7 @@ def main(argv=None):
         parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train.py does
     try:
         tokens, data = load_corpus(args.data).train, args.data
     except DataError:

@@ -3,6 +3,7 @@ chunked decoder loss and scores.
 
 - autocast / bf16_is_fast / compute_dtype: bf16 autocast with fp32 master weights, where the
   hardware runs bf16 natively.
+- keep_freed_memory: glibc's malloc told to reuse large freed blocks instead of mapping them anew.
 - lstm_sequence: one LSTM layer with a hand-written backward (bf16 training on CPU, where
   oneDNN's LSTM backward is slow); fused_lstm: the same layer in torch.lstm (oneDNN, cuDNN).
 - linear_cross_entropy / linear_scores: the decoder, softmax and loss (or scores) a chunk of
@@ -13,6 +14,8 @@ chunked decoder loss and scores.
 Each computes the same function as the plain PyTorch code it replaces: tests/test_kernels.py
 pins that exactly in fp32 and within tolerance in bf16.
 """
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +39,22 @@ def bf16_is_fast(device):
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse: no mmap for large blocks and no trimming
+    of the heap. By default every block above 32 MB (the bf16 copy of a large decoder weight, its
+    fresh fp32 gradient) is a new mapping, page-faulted in again on every training step; kept, it
+    is reused as it is. The process then holds on to its peak memory, which training reaches on
+    every step anyway. Returns whether it applied: False where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
 
 
 def compute_dtype(device_type, default):

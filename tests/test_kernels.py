@@ -2,6 +2,8 @@
 code computes the same function as the plain one (exactly in fp32, within tolerance in bf16);
 how fast it is lives in bench.py and results/, not here."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -399,3 +401,30 @@ def test_a_tied_gradient_that_no_lookup_joins_leaves_the_gradient_to_the_decoder
     w = weight.clone().requires_grad_()
     linear_cross_entropy(features, w, bias, targets, rows=128, tied=kernels.TiedGradient()).backward()
     assert torch.equal(w.grad, expected[2])
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_keep_freed_memory_keeps_a_large_freed_block_resident():
+    """With glibc's defaults a freed 256 MB block is unmapped at once (the resident size drops);
+    after keep_freed_memory it stays in the heap for the next allocation."""
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+
+    def resident_mb():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+    def drop_after_free():
+        block = torch.ones(64 << 20)  # 256 MB, touched
+        before = resident_mb()
+        del block
+        return before - resident_mb()
+
+    mallopt(kernels.M_MMAP_MAX, 65536)  # glibc's defaults, whatever ran before in this process
+    mallopt(kernels.M_TRIM_THRESHOLD, 128 * 1024)
+    assert drop_after_free() > 200
+    assert kernels.keep_freed_memory()
+    drop_after_free()  # the first block after the switch comes from a heap that now grows
+    assert drop_after_free() < 50

@@ -38,7 +38,8 @@ def main(run):
     source = batchify(load_corpus(ckpt["data"]).test[:2001], 1)
     ms = {n: torch.rand_like(p) + 0.1 for n, p in model.named_parameters()}  # made up: timing only
     model.eval()
-    adaptation, workspace = Adaptation(model, ms, DYNAMIC_DEFAULTS["wikitext-2"]), Workspace()
+    adaptation = Adaptation(model, ms, DYNAMIC_DEFAULTS["wikitext-2"])
+    workspace = Workspace(keep_weight_grad=True)  # as dynamic_evaluate keeps it
     with model.lstm_kernel(DYNAMIC_LSTM_KERNEL):
         profile_segments(model, adaptation, source, model.init_hidden(1), workspace)
 

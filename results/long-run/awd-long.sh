@@ -9,6 +9,11 @@ PATTERN="train.py --resume $RUN"
 cd /work/main
 case "$1" in
   pause)
+    # A process started in the background by a script ignores Ctrl-C until train.py installs its
+    # handler, a few seconds in: wait until each one is 30 s old, so the signal is not lost.
+    for pid in $(pgrep -f "$PATTERN"); do
+      while age=$(ps -o etimes= -p "$pid") && [ "$age" -lt 30 ]; do sleep 1; done
+    done
     pkill -INT -f "$PATTERN"
     for i in $(seq 1 600); do pgrep -f "$PATTERN" > /dev/null || exit 0; sleep 1; done
     echo "still running after 10 minutes"; exit 1 ;;
