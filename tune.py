@@ -76,10 +76,14 @@ def cache_grid(model, source, grid, dtype, chunk=2048):
     return rows
 
 
-def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype, stats_path=None):
+def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype, stats_path=None, timing=None):
     """[(settings dict, val loss)] of dynamic evaluation of source for each (lr, lambda); the
-    gradient statistics are kept in stats_path when given (see dyneval.statistics)."""
+    gradient statistics are kept in stats_path when given (see dyneval.statistics), and the
+    seconds they took go in timing["stat_seconds"] when a dict is given."""
+    t0 = time.time()
     ms = statistics(model, stats_source, base.bptt, stat_batches, dtype, progress=True, path=stats_path)
+    if timing is not None:
+        timing["stat_seconds"] = round(time.time() - t0, 1)
     rows = [({"lr": 0.0, "lam": 0.0}, evaluate(model, source, dtype, window=base.bptt).loss)]
     for lr, lam in itertools.product(lrs, lams):
         loss, _ = dynamic_evaluate(model, source, ms, DynamicSettings(lr, lam, base.epsilon, base.bptt), dtype,
@@ -125,7 +129,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     name = corpus_name(ckpt["data"])
-    t0 = time.time()
+    t0, timing = time.time(), {}
     if args.method == "cache":
         grid = {"window": args.windows, "theta": args.thetas, "lam": args.lambdas or CACHE_GRID["lam"]}
         rows = cache_grid(model, source, grid, args.dtype)
@@ -138,7 +142,7 @@ def main(argv=None):
         stats = batchify(corpus.train, STAT_BATCH_SIZE, device)
         try:
             rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype,
-                                args.dyn_stats)
+                                args.dyn_stats, timing)
         except (CheckpointError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -155,7 +159,7 @@ def main(argv=None):
               for s, loss in rows]
     (out / f"tune-{args.method}.md").write_text("\n".join(lines) + "\n")
     (out / f"tune-{args.method}.json").write_text(json.dumps(
-        {"run": str(args.run), "tokens": source.size(0) - 1, "seconds": round(time.time() - t0, 1),
+        {"run": str(args.run), "tokens": source.size(0) - 1, "seconds": round(time.time() - t0, 1), **timing,
          "rows": [{**s, "val_loss": loss, "val_ppl": math.exp(loss)} for s, loss in rows]}, indent=2) + "\n")
     best, loss = rows[0]
     print(f"best on valid: {best} (ppl {math.exp(loss):.2f}); the table is in {out / f'tune-{args.method}.md'}")

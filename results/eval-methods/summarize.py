@@ -1,0 +1,73 @@
+"""The table of issue 14's measurements of one or more runs, from the JSON files that run.sh leaves
+in results/eval-methods/NAME/: perplexity on valid and test for each method, the change against
+plain evaluation, and the time of each test pass.
+
+    python results/eval-methods/summarize.py results/eval-methods/awd-long > results/eval-methods/awd-long/table.md
+
+Dynamic evaluation alone comes from its own pass where there is one, else from the pass with the
+cache ("without_cache", the same numbers bit for bit); that pass's time also holds the cache's, so
+it is marked as an upper bound. Times leave out the gradient statistics (given apart).
+"""
+import json
+import sys
+from pathlib import Path
+
+
+def load(folder, name, split):
+    path = folder / f"{name}-{split}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def method_result(folder, method, split):
+    """(ppl, seconds of the pass less the statistics, whether the time is only an upper bound), or None."""
+    r = load(folder, method, split)
+    shared = False
+    if r is None and method == "dynamic":
+        r, shared = load(folder, "both", split), True
+        if r is None or "without_cache" not in r:
+            return None
+    if r is None:
+        return None
+    ppl = r["without_cache"]["ppl"] if shared else r["ppl"]
+    stats = r.get("dynamic_eval", {}).get("stat_seconds", 0.0)
+    return ppl, r["seconds"] - stats, shared
+
+
+def settings(folder):
+    parts = []
+    for method in ("cache", "dynamic"):
+        path = folder / f"tune-{method}.json"
+        if path.exists():
+            best = {k: v for k, v in json.loads(path.read_text())["rows"][0].items() if not k.startswith("val_")}
+            parts.append(f"{method}: " + ", ".join(f"{k} {v:.4g}" for k, v in best.items()))
+    return "; ".join(parts)
+
+
+def main(folders):
+    print("| run | method | val ppl | test ppl | test vs plain | test pass | time vs plain |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for folder in map(Path, folders):
+        plain = method_result(folder, "plain", "test")
+        for method in ("plain", "cache", "dynamic", "both"):
+            valid, test = method_result(folder, method, "valid"), method_result(folder, method, "test")
+            if valid is None and test is None:
+                continue
+            cells = [f"{valid[0]:.2f}" if valid else "", f"{test[0]:.2f}" if test else ""]
+            if test and plain:
+                bound = "<= " if test[2] else ""
+                cells += [f"{test[0] / plain[0] - 1:+.1%}", f"{bound}{test[1] / 60:.1f} min",
+                          f"{bound}{test[1] / plain[1]:.2f}x"]
+            else:
+                cells += ["", "", ""]
+            print(f"| {folder.name} | {method} | " + " | ".join(cells) + " |")
+        note = settings(folder)
+        tuned = folder / "tune-dynamic.json"
+        stat_seconds = json.loads(tuned.read_text()).get("stat_seconds") if tuned.exists() else None
+        if stat_seconds is not None:
+            note += f"; gradient statistics (made once, kept for every pass) {stat_seconds / 60:.0f} min"
+        if note:
+            print(f"| {folder.name} | settings | {note} | | | | |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
