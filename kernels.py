@@ -40,7 +40,6 @@ def bf16_is_fast(device):
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
@@ -238,9 +237,9 @@ def _decoder_operands(weight, bias, dtype, rows):
 
 def _score_chunk(logits, log_probs, targets, mix=None, start=0):
     """(summed target log-likelihood (fp32), correct argmax predictions (float64)) of one chunk's
-    logits (rows, vocab), its log-softmax taken in fp32 in log_probs: logits itself when they are
-    fp32 and may be overwritten, else a buffer of their shape. With mix (see linear_scores),
-    mix(start, log_probs, targets) scores the chunk instead."""
+    logits (rows, vocab), both counted on its log-softmax, taken in fp32 in log_probs: logits
+    itself when they are fp32 and may be overwritten, else a buffer of their shape. With mix (see
+    linear_scores), mix(start, log_probs, targets) scores the chunk instead."""
     if log_probs is not logits:
         log_probs.copy_(logits)
     torch.log_softmax(log_probs, dim=1, out=log_probs)
