@@ -27,6 +27,9 @@ r = {k: v for k, v in r.items() if not k.startswith('val_')}; print(tune.method_
 for split in valid test; do score plain $split; done
 [ -f "$OUT/tune-cache.json" ] || python tune.py "$RUN" --method cache --out "$OUT" > "$OUT/tune-cache.log" 2>&1
 for split in valid test; do score cache $split $(best cache); done
+# Once, for comparison: the same cache with the original pointer.py's gaps (no cache for the first window
+# targets, nor for the first target of each of its 2,000-token chunks).
+score cache-gaps test $(best cache) --cache-original-gaps
 [ -f "$OUT/tune-dynamic.json" ] || python tune.py "$RUN" --method dynamic --dyn-stats "$MS" --out "$OUT" \
   > "$OUT/tune-dynamic.log" 2>&1
 # Both together on valid, which is dynamic evaluation alone as well; on test, both together only where

@@ -6,7 +6,8 @@ plain evaluation, and the time of each test pass.
 
 Dynamic evaluation alone comes from its own pass where there is one, else from the pass with the
 cache ("without_cache", the same numbers bit for bit); that pass's time also holds the cache's, so
-it is marked as an upper bound. Times leave out the gradient statistics (given apart).
+it is marked as an upper bound. Times leave out the gradient statistics (given apart). cache-gaps is
+the cache with the original pointer.py's gaps (evaluate.py --cache-original-gaps), on test only.
 """
 import json
 import sys
@@ -48,7 +49,7 @@ def main(folders):
     print("|---|---|---:|---:|---:|---:|---:|")
     for folder in map(Path, folders):
         plain = method_result(folder, "plain", "test")
-        for method in ("plain", "cache", "dynamic", "both"):
+        for method in ("plain", "cache", "cache-gaps", "dynamic", "both"):
             valid, test = method_result(folder, method, "valid"), method_result(folder, method, "test")
             if valid is None and test is None:
                 continue
