@@ -407,10 +407,8 @@ def test_a_tied_gradient_that_no_lookup_joins_leaves_the_gradient_to_the_decoder
 def test_keep_freed_memory_keeps_a_large_freed_block_resident():
     """With glibc's defaults a freed 256 MB block is unmapped at once (the resident size drops);
     after keep_freed_memory it stays in the heap for the next allocation."""
-    import ctypes
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = kernels.glibc_mallopt()
+    if mallopt is None:
         pytest.skip("not glibc")
 
     def resident_mb():

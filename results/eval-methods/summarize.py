@@ -22,12 +22,10 @@ def load(folder, name, split):
 def method_result(folder, method, split):
     """(ppl, seconds of the pass less the statistics, whether the time is only an upper bound), or None."""
     r = load(folder, method, split)
-    shared = False
-    if r is None and method == "dynamic":
-        r, shared = load(folder, "both", split), True
-        if r is None or "without_cache" not in r:
-            return None
-    if r is None:
+    shared = r is None and method == "dynamic"
+    if shared:
+        r = load(folder, "both", split)
+    if r is None or (shared and "without_cache" not in r):
         return None
     ppl = r["without_cache"]["ppl"] if shared else r["ppl"]
     stats = r.get("dynamic_eval", {}).get("stat_seconds", 0.0)
