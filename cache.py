@@ -71,6 +71,15 @@ class PointerCache:
         self.seen = 0  # positions of each column already scored
         self.model_nats = self.model_correct = None
 
+    def state_dict(self):
+        """The memory and the model-alone sums, for a pass that is saved and continued later."""
+        return {"keys": self.keys, "words": self.words, "seen": self.seen, "model_nats": self.model_nats,
+                "model_correct": self.model_correct}
+
+    def load_state_dict(self, state):
+        self.keys, self.words, self.seen = state["keys"], state["words"], state["seen"]
+        self.model_nats, self.model_correct = state["model_nats"], state["model_correct"]
+
     def mixer(self, raw, targets):
         """For one evaluation window, raw outputs (T, batch, d) and targets (T, batch): a function
         mix(start, log_probs, targets) for linear_scores, which scores the flattened rows

@@ -1,7 +1,9 @@
 """What every script shares at its command line: argparse, except that a usage error is one
 line, "error: <what is wrong> (see --help)", with exit code 2, like every other refusal here; and
-the one-line reason quoted from an exception in such a refusal."""
+the one-line reason quoted from an exception in such a refusal; and how a long loop stops on
+Ctrl-C or SIGTERM with its work saved."""
 import argparse
+import signal
 import sys
 
 
@@ -14,3 +16,29 @@ class ArgumentParser(argparse.ArgumentParser):
 def first_line(exc, limit=200):
     """An exception's message cut to its first line (its type's name when it has none)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C or SIGTERM (what schedulers and shutdowns send) asks the loop to stop
+    after the current `step` (a batch, a segment) and save; a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, step="batch"):
+        self.step = step
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: saving after this {self.step} (send it again to abort without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

@@ -14,11 +14,14 @@ a decay towards the trained weights θ0 ("RMS with an RMS global prior"):
    each tensor's mean MS, as in the published code (github.com/benkrause/dynamic-evaluation).
 
 The recurrent state is carried from segment to segment, as in plain evaluation. The model's
-weights are θ0 again when dynamic_evaluate returns, whatever happened inside it.
+weights are θ0 again when dynamic_evaluate returns, whatever happened inside it. A pass of WikiText-2
+test takes more than an hour on a CPU; with a PassFile it outlives its process: it is saved now
+and then, and when stopped, and a later pass of the same job continues where it was.
 """
 import functools
 import hashlib
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +30,11 @@ import torch
 from tqdm import tqdm
 
 import cli
+import faults
 from checkpoint import CheckpointError, write_atomically
 from data import DataError, get_batch
 from kernels import Workspace, autocast
-from model import detach_hidden
+from model import detach_hidden, map_hidden
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def _digest(tensors):
     """sha256 of the tensors' bytes, in order."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -217,11 +221,69 @@ def adapting(model, ms, settings):
         adaptation.restore()
 
 
-def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, cache=None):
+PASS_FORMAT = 1  # of the files that PassFile keeps
+
+
+class PassFile:
+    """A dynamic-evaluation pass kept in a file so that it outlives its process: after the
+    segments done so far, the adapted weights, the recurrent state, the sums, the cache's memory
+    and the seconds spent. Written atomically every `every_minutes` (0: after every segment) and
+    when the pass is stopped; read back at once (`saved`, None when there is none) by a later pass
+    of the same job, `key` (see pass_key): a file of another job is a DataError and is left alone.
+    Deleted by finish() when the pass is done. `earlier_seconds` is what earlier processes spent."""
+
+    def __init__(self, path, every_minutes, key):
+        self.path, self.every, self.key = Path(path), 60 * every_minutes, key
+        self.started = self.saved_at = time.time()
+        self.saved, self.earlier_seconds = self._load(), 0.0
+        if self.saved:
+            self.earlier_seconds = self.saved["seconds"]
+
+    def _load(self):
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            saved_key = saved["key"]
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+            raise CheckpointError(f"cannot read the saved pass {self.path}: {cli.first_line(e)}") from None
+        differ = [k for k in self.key if saved_key.get(k) != self.key[k]]
+        if saved.get("format") != PASS_FORMAT or differ:
+            raise DataError(f"{self.path} holds a pass with other {', '.join(differ) or 'format'}; give "
+                            "--dyn-checkpoint another path or delete the file")
+        return saved
+
+    def due(self):
+        return time.time() - self.saved_at >= self.every
+
+    def save(self, state):
+        seconds = self.earlier_seconds + time.time() - self.started
+        write_atomically(self.path, lambda f: torch.save(
+            {"format": PASS_FORMAT, "key": self.key, "seconds": seconds, **state}, f))
+        self.saved_at = time.time()
+
+    def finish(self):
+        self.path.unlink(missing_ok=True)
+
+
+def pass_key(model, source, settings, dtype, cache, stats_source, stat_batches):
+    """What identifies a dynamic-evaluation job, for PassFile: θ0, the scored text, the settings,
+    and what the statistics are made from (the training text and how many segments of it)."""
+    return {"weights": _digest(p for _, p in sorted(model.named_parameters())), "text": _digest([source]),
+            "settings": repr(settings), "dtype": dtype,
+            "cache": None if cache is None else repr((cache.window, cache.theta, cache.lam, cache.gaps)),
+            "statistics": repr((_digest([stats_source]), stat_batches))}
+
+
+def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, cache=None, keep=None,
+                     stop=lambda: False):
     """(mean nats per token, accuracy) of source (rows, batch) under dynamic evaluation from the
     model's current weights θ0, which it holds again on return. With a fresh cache.PointerCache,
     each segment is scored under the cache's mixture, its memory filled with the adapting model's
-    outputs, while the update still descends the model's own loss."""
+    outputs, while the update still descends the model's own loss.
+
+    With a PassFile `keep`, the pass continues from the one saved there, if any, and is saved as it
+    goes; when stop() turns true it is saved and None is returned (the model holds θ0 again)."""
     model.eval()
     # Each segment's gradients are used up by its step, so the decoder's may live in a kept buffer.
     hidden, workspace = model.init_hidden(source.size(1)), Workspace(keep_weight_grad=True)
@@ -229,14 +291,36 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, 
     correct = torch.zeros((), dtype=torch.float64, device=source.device)
     starts = segments(source, settings.bptt)
     with adapting(model, ms, settings) as adaptation, model.lstm_kernel(DYNAMIC_LSTM_KERNEL):
-        for i in tqdm(starts, desc="dynamic evaluation", unit="seg", disable=not progress, leave=False,
-                      mininterval=0.5 if sys.stderr.isatty() else 60):
+        saved = keep and keep.saved
+        done = 0
+        if saved:
+            device = source.device
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(saved["weights"][name])
+            hidden = map_hidden(lambda h: h.to(device), saved["hidden"])
+            nats, correct, done = saved["nats"].to(device), saved["correct"].to(device), saved["segment"]
+            if cache is not None:
+                cache.load_state_dict({k: v.to(device) if torch.is_tensor(v) else v
+                                       for k, v in saved["cache"].items()})
+        bar = tqdm(starts[done:], desc="dynamic evaluation", unit="seg", disable=not progress, leave=False,
+                   total=len(starts), initial=done, mininterval=0.5 if sys.stderr.isatty() else 60)
+        for i in bar:
             x, y = get_batch(source, i, settings.bptt)
             with autocast(x.device, dtype):
                 ce, n, c, out = model.scored_loss(x, y, detach_hidden(hidden), workspace, cache)
             nats += n  # scored before the update that learns from it
             correct += c
             adaptation.step(torch.autograd.grad(ce, adaptation.params))
-            hidden = out.hidden
+            hidden, done = detach_hidden(out.hidden), done + 1
+            stopping = stop()
+            if keep and done < len(starts) and (stopping or keep.due()):
+                keep.save({"segment": done, "weights": {k: p.detach() for k, p in model.named_parameters()},
+                           "hidden": hidden, "nats": nats, "correct": correct,
+                           "cache": cache.state_dict() if cache is not None else None})
+                if stopping:
+                    bar.close()
+                    return None
+            faults.point("adapting")
     tokens = (source.size(0) - 1) * source.size(1)
     return nats.item() / tokens, correct.item() / tokens

@@ -12,6 +12,7 @@ With --cache, the same pass also reports the scores without the cache's mixture 
 --dynamic-eval: dynamic evaluation alone), since the model's predictions do not depend on it.
 """
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -27,7 +28,15 @@ import faults
 from cache import CACHE_DEFAULTS, PointerCache, check_settings
 from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
 from data import DataError, batchify, corpus_name, get_batch, load_corpus
-from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
+from dyneval import (
+    DYNAMIC_DEFAULTS,
+    STAT_BATCH_SIZE,
+    DynamicSettings,
+    PassFile,
+    dynamic_evaluate,
+    pass_key,
+    statistics,
+)
 from dyneval import check_settings as check_dynamic
 from kernels import DTYPES, Workspace, autocast
 
@@ -148,6 +157,12 @@ def get_parser():
                    help="keep the gradient statistics in FILE: read them from it when it was made from the same "
                         "weights, training data, --dyn-bptt, --dyn-stat-batches and --dtype, else compute them "
                         "and write it, so that scoring another split skips them (default: compute every time)")
+    g.add_argument("--dyn-checkpoint", metavar="FILE", default=None,
+                   help="keep the pass's progress in FILE, saved every --dyn-checkpoint-every minutes and on "
+                        "Ctrl-C or SIGTERM; the same command run again continues from it, to the same numbers, "
+                        "and FILE is deleted when the pass is done (default: none; a stopped pass is lost)")
+    g.add_argument("--dyn-checkpoint-every", metavar="MINUTES", type=float, default=10.0,
+                   help="minutes between saves to --dyn-checkpoint; 0 saves after every segment (default: 10)")
     return p
 
 
@@ -155,6 +170,8 @@ def make_dynamic(args, data):
     """The DynamicSettings that the flags ask for, or None; settings not given come from the
     corpus's entry in DYNAMIC_DEFAULTS (PTB's, the published code's defaults, for other corpora)."""
     if not args.dynamic_eval:
+        if args.dyn_checkpoint:
+            raise DataError("--dyn-checkpoint applies to --dynamic-eval only")
         return None
     known = DYNAMIC_DEFAULTS.get(corpus_name(data), DYNAMIC_DEFAULTS["ptb"])
     given = {"lr": args.dyn_lr, "lam": args.dyn_lambda, "epsilon": args.dyn_epsilon}
@@ -163,6 +180,8 @@ def make_dynamic(args, data):
     problem = check_dynamic(settings, args.dyn_stat_batches)
     if problem:
         raise DataError(problem)
+    if args.dyn_checkpoint_every < 0:
+        raise DataError(f"--dyn-checkpoint-every must not be negative, got {args.dyn_checkpoint_every:g}")
     return settings
 
 
@@ -226,6 +245,26 @@ def prepare(args):
     return Job(model, ckpt, level, source, window, cache, dynamic, stats_source)
 
 
+def run_dynamic(args, job, extra):
+    """Dynamic evaluation for main(): (Scores, or None when stopped and kept; the PassFile or
+    None). Its settings go into extra["dynamic_eval"]."""
+    t0 = time.time()
+    keep = None
+    if args.dyn_checkpoint:
+        key = pass_key(job.model, job.source, job.dynamic, args.dtype, job.cache, job.stats_source,
+                       args.dyn_stat_batches)
+        keep = PassFile(args.dyn_checkpoint, args.dyn_checkpoint_every, key)
+    ms = statistics(job.model, job.stats_source, job.dynamic.bptt, args.dyn_stat_batches, args.dtype,
+                    progress=True, path=args.dyn_stats)
+    extra["dynamic_eval"] = {**asdict(job.dynamic), "stat_batches": args.dyn_stat_batches,
+                             "stat_seconds": round(time.time() - t0, 2), "stats_file": args.dyn_stats,
+                             "continued_from_segment": keep.saved["segment"] if keep and keep.saved else None}
+    with cli.StopOnInterrupt("segment") if keep else contextlib.nullcontext() as stop:
+        scores = dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True, cache=job.cache,
+                                  keep=keep, stop=lambda: stop is not None and stop.requested)
+    return (None if scores is None else Scores(*scores)), keep
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
@@ -234,21 +273,19 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
-    extra = {}
+    extra, keep = {}, None
     if job.dynamic:
         try:
-            ms = statistics(job.model, job.stats_source, job.dynamic.bptt, args.dyn_stat_batches, args.dtype,
-                            progress=True, path=args.dyn_stats)
+            scores, keep = run_dynamic(args, job, extra)
         except (CheckpointError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        extra["dynamic_eval"] = {**asdict(job.dynamic), "stat_batches": args.dyn_stat_batches,
-                                 "stat_seconds": round(time.time() - t0, 2), "stats_file": args.dyn_stats}
-        scores = Scores(*dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True,
-                                          cache=job.cache))
+        if scores is None:
+            print(f"stopped; the pass is kept in {keep.path}: run the same command to continue it", file=sys.stderr)
+            return 130
     else:
         scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True, cache=job.cache)
-    seconds = time.time() - t0
+    seconds = time.time() - t0 + (keep.earlier_seconds if keep else 0.0)
     tokens, batch_size = (job.source.size(0) - 1) * job.source.size(1), job.source.size(1)
     alone = None
     if job.cache:
@@ -276,6 +313,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
+    if keep:
+        keep.finish()
     return 0
 
 

@@ -1,5 +1,5 @@
 """Named points where the fault-matrix tests kill the process outright, to check that a run
-survives SIGKILL anywhere (tests/test_faults.py).
+survives SIGKILL anywhere (tests/test_faults.py, and tests/test_dyneval.py for "adapting").
 
     LM_FAULT=POINT python train.py ...       # SIGKILL at the first arrival at POINT
     LM_FAULT=POINT@N python train.py ...     # at the N-th arrival
@@ -16,6 +16,7 @@ returns at once. The points:
     best-saved     model.pt is written, the epoch's metrics.jsonl line and last.pt not yet
     logged         the metrics.jsonl line is written, last.pt not yet
     sampling       generate.py, between two sampled tokens
+    adapting       dynamic evaluation, after a segment's update (and its save, when one is due)
 """
 import os
 import signal

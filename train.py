@@ -15,7 +15,6 @@ outright (SIGKILL, power loss) resumes from its latest checkpoint with the same 
 """
 import json
 import math
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -72,29 +71,6 @@ class TrainState:
     train_tokens: int = 0
     seconds: float = 0.0  # training and validation time, summed over sessions
     finished: bool = False  # fine-tuning's stop criterion held
-
-
-class StopOnInterrupt:
-    """The first Ctrl-C or SIGTERM (what schedulers and shutdowns send) asks the loop to stop
-    after the current batch and save; a second one aborts."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.requested = False
-        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
-        return self
-
-    def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: saving after this batch (send it again to abort without saving)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def make_optimizer(model, cfg):
@@ -416,7 +392,7 @@ def fit(cfg, ckpt=None, mode="new", world=ONE_PROCESS):
     if mode == "finetune":  # the model must beat its own starting point to be saved
         run.state.best_val_loss = run.validate().loss
         run.say(f"fine-tuning from val ppl {math.exp(run.state.best_val_loss):.2f}")
-    with StopOnInterrupt() as stop:
+    with cli.StopOnInterrupt() as stop:
         while (run.state.epoch < cfg["epochs"] and not run.state.finished
                and not distributed.any_rank(world, run.time_up(), run.device)):
             t0, tokens0 = time.time(), run.state.train_tokens

@@ -12,6 +12,8 @@ dynamic: gradient statistics once, then dynamic evaluation of the first --tokens
          corpus's published settings unless given.
 
 Writes <out>/tune-<method>.md (the table, best first) and .json, and prints the best setting.
+Dynamic evaluation takes minutes per setting: each finished one is kept in
+<out>/tune-dynamic.partial.json, so that the same command, run again after a stop, skips it.
 """
 import argparse
 import itertools
@@ -76,20 +78,50 @@ def cache_grid(model, source, grid, dtype, chunk=2048):
     return rows
 
 
-def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype, stats_path=None, timing=None):
+def dynamic_grid(model, source, stats_source, base, lrs, lams, stat_batches, dtype, stats_path=None, timing=None,
+                 done=None, record=None):
     """[(settings dict, val loss)] of dynamic evaluation of source for each (lr, lambda); the
     gradient statistics are kept in stats_path when given (see dyneval.statistics), and the
-    seconds they took go in timing["stat_seconds"] when a dict is given."""
+    seconds they took go in timing["stat_seconds"] when a dict is given. Settings whose loss is
+    in done ({(lr, lambda): loss}, from an earlier, stopped call) are not scored again; record(lr,
+    lambda, loss) is called after each one that is."""
+    done = done or {}
     t0 = time.time()
     ms = statistics(model, stats_source, base.bptt, stat_batches, dtype, progress=True, path=stats_path)
     if timing is not None:
         timing["stat_seconds"] = round(time.time() - t0, 1)
     rows = [({"lr": 0.0, "lam": 0.0}, evaluate(model, source, dtype, window=base.bptt).loss)]
     for lr, lam in itertools.product(lrs, lams):
-        loss, _ = dynamic_evaluate(model, source, ms, DynamicSettings(lr, lam, base.epsilon, base.bptt), dtype,
-                                   progress=True)
-        rows.append(({"lr": lr, "lam": lam}, loss))
+        if (lr, lam) not in done:
+            done[lr, lam], _ = dynamic_evaluate(model, source, ms, DynamicSettings(lr, lam, base.epsilon, base.bptt),
+                                                dtype, progress=True)
+            if record:
+                record(lr, lam, done[lr, lam])
+        rows.append(({"lr": lr, "lam": lam}, done[lr, lam]))
     return rows
+
+
+class Partial:
+    """The dynamic grid's finished settings, kept in a file beside the table so that a stopped
+    tune.py run continues where it was: rows of {lr, lam, val_loss}, with the job they belong to
+    (a file of another job is ignored and replaced). Deleted once the table is written."""
+
+    def __init__(self, path, job):
+        self.path, self.job = Path(path), job
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.rows = saved.get("rows", []) if saved.get("job") == job else []
+
+    def done(self):
+        return {(r["lr"], r["lam"]): r["val_loss"] for r in self.rows}
+
+    def record(self, lr, lam, loss):
+        self.rows.append({"lr": lr, "lam": lam, "val_loss": loss})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"job": self.job, "rows": self.rows}, indent=2) + "\n")
+        tmp.replace(self.path)
+
+    def finish(self):
+        self.path.unlink(missing_ok=True)
 
 
 def get_parser():
@@ -128,7 +160,7 @@ def main(argv=None):
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = corpus_name(ckpt["data"])
+    name, out = corpus_name(ckpt["data"]), Path(args.out)
     t0, timing = time.time(), {}
     if args.method == "cache":
         grid = {"window": args.windows, "theta": args.thetas, "lam": args.lambdas or CACHE_GRID["lam"]}
@@ -140,15 +172,18 @@ def main(argv=None):
         lrs = args.lrs or [base.lr * k for k in DYNAMIC_SCALES]
         lams = args.lambdas or [base.lam * k for k in DYNAMIC_SCALES]
         stats = batchify(corpus.train, STAT_BATCH_SIZE, device)
+        job = {"run": str(Path(args.run).resolve()), "epoch": ckpt["state"]["epoch"], "tokens": source.size(0) - 1,
+               "epsilon": base.epsilon, "bptt": base.bptt, "stat_batches": args.dyn_stat_batches, "dtype": args.dtype}
+        out.mkdir(parents=True, exist_ok=True)
+        partial = Partial(out / "tune-dynamic.partial.json", job)
         try:
             rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype,
-                                args.dyn_stats, timing)
+                                args.dyn_stats, timing, partial.done(), partial.record)
         except (CheckpointError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         published = base
     rows.sort(key=lambda r: r[1])
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = list(rows[0][0])
     lines = [f"# {args.method} on the first {source.size(0) - 1:,} tokens of valid, {args.run}", "",
@@ -161,6 +196,8 @@ def main(argv=None):
     (out / f"tune-{args.method}.json").write_text(json.dumps(
         {"run": str(args.run), "tokens": source.size(0) - 1, "seconds": round(time.time() - t0, 1), **timing,
          "rows": [{**s, "val_loss": loss, "val_ppl": math.exp(loss)} for s, loss in rows]}, indent=2) + "\n")
+    if args.method == "dynamic":
+        partial.finish()
     best, loss = rows[0]
     print(f"best on valid: {best} (ppl {math.exp(loss):.2f}); the table is in {out / f'tune-{args.method}.md'}")
     if best == rows_plain(rows):

@@ -96,11 +96,15 @@ MUTANTS = {
                                   "decay = [(m * lam_over_mean) for"),
     "dyneval-one-pass-decay-not-clipped": ("dyneval.py", "(m * lam_over_mean).clamp(max=1) * (t - p)",
                                            "(m * lam_over_mean) * (t - p)"),
+    "dyneval-kept-pass-continues-from-a-zero-state": (
+        "dyneval.py", '            hidden = map_hidden(lambda h: h.to(device), saved["hidden"])', "            pass"),
+    "dyneval-kept-pass-without-its-cache": (
+        "dyneval.py", "            if cache is not None:\n                cache.load",
+        "            if False:\n                cache.load"),
     "dyneval-theta0-not-restored": ("dyneval.py", "        torch._foreach_copy_(self.params, self.theta0)",
                                     "        pass"),
-    "dyneval-state-reset-per-segment": ("dyneval.py", "adaptation.params))\n            hidden = out.hidden\n",
-                                        "adaptation.params))\n"
-                                        "            hidden = model.init_hidden(source.size(1))\n"),
+    "dyneval-state-reset-per-segment": ("dyneval.py", "hidden, done = detach_hidden(out.hidden), done + 1",
+                                        "hidden, done = model.init_hidden(source.size(1)), done + 1"),
     "dyneval-scores-after-the-update": ("dyneval.py",
                                         "            adaptation.step(torch.autograd.grad(ce, adaptation.params))\n",
                                         "            adaptation.step(torch.autograd.grad(ce, adaptation.params))\n"

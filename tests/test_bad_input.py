@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 
+import cli
 import evaluate
 import generate
 import train
@@ -173,7 +174,7 @@ def test_ctrl_c_twice_aborts_in_one_line_without_saving(trained_run, tmp_path, c
     """The second Ctrl-C raises KeyboardInterrupt out of the handler; main turns it into one line.
     (Two signals sent back to back to a process coalesce into one, hence in-process.)"""
     import signal
-    with train.StopOnInterrupt() as stop:
+    with cli.StopOnInterrupt() as stop:
         stop.handle(signal.SIGINT, None)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):

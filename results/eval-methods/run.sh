@@ -8,8 +8,9 @@
 # TIME_DYNAMIC=1 then also times dynamic evaluation alone on test, which that shared pass cannot.
 # Run from the repository root with nothing else running (the times are part of the result).
 #   sh results/eval-methods/run.sh ~/runs/awd-long awd-long
-# Stopped: run the same command again; a step whose output exists is skipped, and the gradient
-# statistics are kept in ~/runs/NAME-ms.pt between steps.
+# Stopped: run the same command again; a step whose output exists is skipped, the gradient
+# statistics are kept in ~/runs/NAME-ms.pt between steps, tune.py skips the settings it finished,
+# and a dynamic-evaluation pass continues from its last save (~/runs/NAME-STEP-SPLIT.pass.pt, every 10 minutes).
 set -e
 RUN=$1
 OUT=results/eval-methods/$2
@@ -19,6 +20,9 @@ score() {  # score NAME SPLIT FLAGS...: one evaluate.py call, skipped when its J
   name=$1 split=$2; shift 2
   [ -f "$OUT/$name-$split.json" ] || python evaluate.py "$RUN" --split "$split" --batch-size 1 "$@" \
     --json "$OUT/$name-$split.json" >> "$OUT/$name-$split.log" 2>&1
+}
+kept() {  # kept NAME SPLIT: evaluate.py's flag that keeps a dynamic-evaluation pass across stops
+  echo --dyn-checkpoint "${RUNS:-$HOME/runs}/$(basename "$OUT")-$1-$2.pass.pt"
 }
 best() {  # best METHOD: the winning flags from tune.py's table, as evaluate.py flags
   python -c "import json, sys; import tune; r = json.load(open('$OUT/tune-$1.json'))['rows'][0]; \
@@ -34,12 +38,12 @@ score cache-gaps test $(best cache) --cache-original-gaps
   > "$OUT/tune-dynamic.log" 2>&1
 # Both together on valid, which is dynamic evaluation alone as well; on test, both together only where
 # they beat dynamic evaluation alone on valid.
-score both valid $(best cache) $(best dynamic) --dyn-stats "$MS"
+score both valid $(best cache) $(best dynamic) --dyn-stats "$MS" $(kept both valid)
 if python -c "import json, sys; r = json.load(open('$OUT/both-valid.json')); \
 sys.exit(r['loss'] >= r['without_cache']['loss'])"; then
-  score both test $(best cache) $(best dynamic) --dyn-stats "$MS"
-  [ -z "$TIME_DYNAMIC" ] || score dynamic test $(best dynamic) --dyn-stats "$MS"
+  score both test $(best cache) $(best dynamic) --dyn-stats "$MS" $(kept both test)
+  [ -z "$TIME_DYNAMIC" ] || score dynamic test $(best dynamic) --dyn-stats "$MS" $(kept dynamic test)
 else
   echo "both: not better than dynamic evaluation alone on valid; test not scored" > "$OUT/both-test.skipped"
-  score dynamic test $(best dynamic) --dyn-stats "$MS"
+  score dynamic test $(best dynamic) --dyn-stats "$MS" $(kept dynamic test)
 fi

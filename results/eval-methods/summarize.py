@@ -6,7 +6,9 @@ plain evaluation, and the time of each test pass.
 
 Dynamic evaluation alone comes from its own pass where there is one, else from the pass with the
 cache ("without_cache", the same numbers bit for bit); that pass's time also holds the cache's, so
-it is marked as an upper bound. Times leave out the gradient statistics (given apart). cache-gaps is
+it is marked as an upper bound. Times leave out the gradient statistics (given apart); a pass that was
+stopped and continued (evaluate.py --dyn-checkpoint) is marked "in pieces": its time is the sum of
+its processes' times up to their last saves, possibly on different days. cache-gaps is
 the cache with the original pointer.py's gaps (evaluate.py --cache-original-gaps), on test only.
 """
 import json
@@ -20,7 +22,8 @@ def load(folder, name, split):
 
 
 def method_result(folder, method, split):
-    """(ppl, seconds of the pass less the statistics, whether the time is only an upper bound), or None."""
+    """(ppl, seconds of the pass less the statistics, whether the time is only an upper bound, whether
+    the pass ran in pieces), or None."""
     r = load(folder, method, split)
     shared = r is None and method == "dynamic"
     if shared:
@@ -29,7 +32,8 @@ def method_result(folder, method, split):
         return None
     ppl = r["without_cache"]["ppl"] if shared else r["ppl"]
     stats = r.get("dynamic_eval", {}).get("stat_seconds", 0.0)
-    return ppl, r["seconds"] - stats, shared
+    pieces = r.get("dynamic_eval", {}).get("continued_from_segment") is not None
+    return ppl, r["seconds"] - stats, shared, pieces
 
 
 def settings(folder):
@@ -54,7 +58,8 @@ def main(folders):
             cells = [f"{valid[0]:.2f}" if valid else "", f"{test[0]:.2f}" if test else ""]
             if test and plain:
                 bound = "<= " if test[2] else ""
-                cells += [f"{test[0] / plain[0] - 1:+.1%}", f"{bound}{test[1] / 60:.1f} min",
+                pieces = " (in pieces)" if test[3] else ""
+                cells += [f"{test[0] / plain[0] - 1:+.1%}", f"{bound}{test[1] / 60:.1f} min{pieces}",
                           f"{bound}{test[1] / plain[1]:.2f}x"]
             else:
                 cells += ["", "", ""]
