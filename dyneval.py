@@ -275,6 +275,18 @@ def pass_key(model, source, settings, dtype, cache, stats_source, stat_batches):
             "statistics": repr((_digest([stats_source]), stat_batches))}
 
 
+@torch.no_grad()
+def _continue(saved, model, cache, device):
+    """Put a saved pass's adapted weights into the model and its memory into the cache; returns
+    its (hidden state, nats, correct, segments done)."""
+    for name, p in model.named_parameters():
+        p.copy_(saved["weights"][name])
+    if cache is not None:
+        cache.load_state_dict({k: v.to(device) if torch.is_tensor(v) else v for k, v in saved["cache"].items()})
+    hidden = map_hidden(lambda h: h.to(device), saved["hidden"])
+    return hidden, saved["nats"].to(device), saved["correct"].to(device), saved["segment"]
+
+
 def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, cache=None, keep=None,
                      stop=lambda: False):
     """(mean nats per token, accuracy) of source (rows, batch) under dynamic evaluation from the
@@ -291,18 +303,9 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, 
     correct = torch.zeros((), dtype=torch.float64, device=source.device)
     starts = segments(source, settings.bptt)
     with adapting(model, ms, settings) as adaptation, model.lstm_kernel(DYNAMIC_LSTM_KERNEL):
-        saved = keep and keep.saved
         done = 0
-        if saved:
-            device = source.device
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.copy_(saved["weights"][name])
-            hidden = map_hidden(lambda h: h.to(device), saved["hidden"])
-            nats, correct, done = saved["nats"].to(device), saved["correct"].to(device), saved["segment"]
-            if cache is not None:
-                cache.load_state_dict({k: v.to(device) if torch.is_tensor(v) else v
-                                       for k, v in saved["cache"].items()})
+        if keep and keep.saved:
+            hidden, nats, correct, done = _continue(keep.saved, model, cache, source.device)
         bar = tqdm(starts[done:], desc="dynamic evaluation", unit="seg", disable=not progress, leave=False,
                    total=len(starts), initial=done, mininterval=0.5 if sys.stderr.isatty() else 60)
         for i in bar:

@@ -97,10 +97,10 @@ MUTANTS = {
     "dyneval-one-pass-decay-not-clipped": ("dyneval.py", "(m * lam_over_mean).clamp(max=1) * (t - p)",
                                            "(m * lam_over_mean) * (t - p)"),
     "dyneval-kept-pass-continues-from-a-zero-state": (
-        "dyneval.py", '            hidden = map_hidden(lambda h: h.to(device), saved["hidden"])', "            pass"),
+        "dyneval.py", 'hidden = map_hidden(lambda h: h.to(device), saved["hidden"])',
+        'hidden = map_hidden(lambda h: torch.zeros_like(h).to(device), saved["hidden"])'),
     "dyneval-kept-pass-without-its-cache": (
-        "dyneval.py", "            if cache is not None:\n                cache.load",
-        "            if False:\n                cache.load"),
+        "dyneval.py", "    if cache is not None:\n        cache.load", "    if False:\n        cache.load"),
     "dyneval-theta0-not-restored": ("dyneval.py", "        torch._foreach_copy_(self.params, self.theta0)",
                                     "        pass"),
     "dyneval-state-reset-per-segment": ("dyneval.py", "hidden, done = detach_hidden(out.hidden), done + 1",
