@@ -16,7 +16,9 @@ Also reported: peak memory of each phase (CPU: the process's peak resident set, 
 the phase; CUDA: peak allocated), model FLOPs per token (matmuls only: 2*4h(i+h) per LSTM layer
 and 2*d*vocab for the decoder, forward; training counts 3x forward), the achieved FLOP/s and its
 fraction of a matmul ceiling measured here (the best of square 2048 and 4096 matmuls and of the
-model's own GEMM shapes, in the same dtype, each also reported), and the ratio to
+model's own GEMM shapes, forward and backward, in the same dtype, each also reported), the
+shape bound (the training FLOP/s that those shapes allow at their measured speeds if nothing else
+took any time: a step made of these matmuls cannot run faster here), and the ratio to
 the reference throughputs in REFERENCE.
 """
 import argparse
@@ -160,24 +162,45 @@ def matmul_speed(device, dtype, m, k, n, reps=5):
 
 
 def gemm_shapes(cfg, sizes, decoder_in, vocab_size):
-    """name -> (m, k, n) of the model's own large matmuls in training: each layer's input
-    projection over the batch and its recurrent step, and the decoder's logits."""
-    tokens = cfg["batch_size"] * cfg["bptt"]
+    """name -> ((m, k, n), rows) of the matmuls of one training step, forward and backward, with
+    their operands as stored: each layer's input projection over the batch with its input and
+    weight gradients, its recurrent step with the step's state gradient and the recurrent weight's
+    gradient (one matmul over all steps, as our recurrence computes it), and the decoder's logits
+    with both gradients. `rows` is the dimension that counts tokens (all of the batch's, or one
+    step's batch), so that 2 m k n / rows is the shape's FLOPs per token."""
+    tokens, batch = cfg["batch_size"] * cfg["bptt"], cfg["batch_size"]
     shapes = {}
     for layer, (i, h) in enumerate(sizes):
-        shapes[f"layer {layer} input ({tokens}x{i}x{4 * h})"] = (tokens, i, 4 * h)
-        shapes[f"layer {layer} step ({cfg['batch_size']}x{h}x{4 * h})"] = (cfg["batch_size"], h, 4 * h)
-    shapes[f"decoder ({tokens}x{decoder_in}x{vocab_size})"] = (tokens, decoder_in, vocab_size)
+        g = 4 * h
+        for what, mkn, rows in (("input", (tokens, i, g), tokens), ("input's gradient", (tokens, g, i), tokens),
+                                ("input weight's gradient", (g, tokens, i), tokens), ("step", (batch, h, g), batch),
+                                ("step's gradient", (batch, g, h), batch),
+                                ("recurrent weight's gradient", (g, tokens, h), tokens)):
+            shapes[f"layer {layer} {what} ({'x'.join(map(str, mkn))})"] = (mkn, rows)
+    d, v = decoder_in, vocab_size
+    for what, mkn in (("logits", (tokens, d, v)), ("input's gradient", (tokens, v, d)),
+                      ("weight's gradient", (d, tokens, v))):
+        shapes[f"decoder {what} ({'x'.join(map(str, mkn))})"] = (mkn, tokens)
     return shapes
 
 
-def matmul_ceiling(device, dtype, shapes=()):
-    """GFLOP/s of square 2048 and 4096 matmuls and of the given (m, k, n) shapes, and the best of
-    them: the ceiling that the model's achieved FLOP/s is compared with. Square matmuls alone
-    understate what AMX does at some shapes and overstate it at others."""
+def matmul_ceiling(device, dtype, shapes=None):
+    """GFLOP/s of square 2048 and 4096 matmuls and of the given shapes (see gemm_shapes), and the
+    best of them: the ceiling that the model's achieved FLOP/s is compared with. Square matmuls
+    alone understate what AMX does at some shapes and overstate it at others."""
     squares = {f"{s}x{s}x{s}": (s, s, s) for s in (2048, 4096)}
-    speeds = {name: matmul_speed(device, dtype, *mkn) for name, mkn in {**squares, **dict(shapes)}.items()}
+    own = {name: mkn for name, (mkn, _) in (shapes or {}).items()}
+    speeds = {name: matmul_speed(device, dtype, *mkn) for name, mkn in {**squares, **own}.items()}
     return max(speeds.values()), {name: round(v / 1e9, 1) for name, v in speeds.items()}
+
+
+def shape_bound(shapes, gflops):
+    """The training FLOP/s that the model's own matmuls allow at their measured speeds (gflops, by
+    name) if nothing else took any time: training FLOPs per token over the sum of each shape's
+    FLOPs per token divided by its speed."""
+    per_token = {name: 2 * m * k * n / rows for name, ((m, k, n), rows) in shapes.items()}
+    seconds = sum(flops / (gflops[name] * 1e9) for name, flops in per_token.items())
+    return sum(per_token.values()) / seconds
 
 
 def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, profiles=None):
@@ -321,8 +344,9 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     sizes = model.cfg.layer_sizes()
     flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
-    ceiling, ceilings = matmul_ceiling(device, dtype, gemm_shapes(cfg, sizes, model.decoder.in_features,
-                                                                  WT2_VOCAB))
+    shapes = gemm_shapes(cfg, sizes, model.decoder.in_features, WT2_VOCAB)
+    ceiling, ceilings = matmul_ceiling(device, dtype, shapes)
+    bound = shape_bound(shapes, ceilings)
     maybe_compile = torch.compile if args.compile else (lambda m: m)
     ours = bench(maybe_compile(model), cfg, tokens, *timing, profiles)
     del model
@@ -330,7 +354,10 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     plain_results = bench(maybe_compile(plain), {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
     summarize(ours, flops, ceiling)
     summarize(plain_results, flops, ceiling)
+    for r in (ours, plain_results):
+        r["train"]["fraction_of_shape_bound"] = round(r["train"]["achieved_gflops"] * 1e9 / bound, 3)
     out = {"dtype": dtype, "matmul_ceiling_gflops": round(ceiling / 1e9, 1), "matmul_gflops": ceilings,
+           "shape_bound": {"train_gflops": round(bound / 1e9, 1), "fraction_of_ceiling": round(bound / ceiling, 3)},
            "model_flops_per_token": {"forward": flops, "train": 3 * flops},
            "ours": ours, "plain": plain_results,
            "ratio_ours_to_plain": {p: round(ours[p]["tokens_per_s"] / plain_results[p]["tokens_per_s"], 3)
@@ -371,6 +398,11 @@ def main(argv=None):
                   f"{run['matmul_ceiling_gflops']:.0f} GFLOP/s), peak {r['train']['peak_memory_mb'] or 0:,.0f} MB | "
                   f"eval {r['eval']['tokens_per_s']:,.0f} tok/s, peak {r['eval']['peak_memory_mb'] or 0:,.0f} MB | "
                   f"{r['parameters']:,} parameters")
+        bound = run["shape_bound"]
+        print(f"  the model's own matmuls at their measured speeds, nothing else: {bound['train_gflops']:.0f} "
+              f"GFLOP/s in training ({bound['fraction_of_ceiling']:.0%} of the ceiling); ours at "
+              f"{run['ours']['train']['fraction_of_shape_bound']:.0%} of that, plain at "
+              f"{run['plain']['train']['fraction_of_shape_bound']:.0%}")
         print(f"  ours/plain: train {run['ratio_ours_to_plain']['train']:.2f}, "
               f"eval {run['ratio_ours_to_plain']['eval']:.2f}"
               + "".join(f" | ours/reference {p}: {v:.2f}" for p, v in run.get("ratio_to_reference", {}).items()))

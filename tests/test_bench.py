@@ -8,13 +8,13 @@ import bench
 
 def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "WT2_VOCAB", 1000)  # random tokens over a small vocabulary: fast
-    speed, timed = bench.matmul_speed, []
+    timed = []
 
-    def small_matmuls(device, dtype, m, k, n):  # note each shape, time a small one
+    def made_up_speed(device, dtype, m, k, n):  # note each shape; a speed that depends on it, untimed
         timed.append((m, k, n))
-        return speed(device, dtype, 64, 64, 64)
+        return 1e9 * (1 + (m + k + n) % 7)
 
-    monkeypatch.setattr(bench, "matmul_speed", small_matmuls)
+    monkeypatch.setattr(bench, "matmul_speed", made_up_speed)
     out = tmp_path / "bench.json"
     argv = ["--config", "lstm-small", "--data", str(tmp_path / "absent"), "--dtype", "fp32", "--steps", "2",
             "--eval-steps", "1", "--windows", "2", "--warmup", "1", "--json", str(out),
@@ -39,10 +39,22 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
         assert run["ratio_ours_to_plain"]["train"] == pytest.approx(
             run["ours"]["train"]["tokens_per_s"] / run["plain"]["train"]["tokens_per_s"], abs=1e-3)
     assert run["ours"]["parameters"] == run["plain"]["parameters"]
-    # The ceiling is the best of square matmuls and the model's own GEMMs (batch 20 x bptt 35).
-    assert {(2048,) * 3, (4096,) * 3, (700, 200, 800), (20, 200, 800), (700, 200, 1000)} <= set(timed)
-    assert len(run["matmul_gflops"]) == len(timed) == 7
-    assert run["matmul_ceiling_gflops"] == max(run["matmul_gflops"].values())
+    # The ceiling is the best of square matmuls and the model's own GEMMs (batch 20 x bptt 35, two
+    # layers of 200, vocabulary 1000), forward and backward.
+    layer = [(700, 200, 800), (700, 800, 200), (800, 700, 200), (20, 200, 800), (20, 800, 200), (800, 700, 200)]
+    decoder = [(700, 200, 1000), (700, 1000, 200), (200, 700, 1000)]
+    assert sorted(timed) == sorted([(2048,) * 3, (4096,) * 3, *layer, *layer, *decoder])
+    assert run["matmul_ceiling_gflops"] == max(run["matmul_gflops"].values()) == 7.0
+    # The shape bound: training FLOPs per token over the time of each shape's share at its speed.
+    speed = {s: 1 + sum(s) % 7 for s in timed}
+    per_token = [(s, 2 * s[1] * s[2] if s[0] == 20 else 2 * s[0] * s[1] * s[2] / 700) for s in layer * 2 + decoder]
+    assert sum(f for _, f in per_token) == run["model_flops_per_token"]["train"]
+    bound = run["model_flops_per_token"]["train"] / sum(f / speed[s] for s, f in per_token)
+    assert run["shape_bound"]["train_gflops"] == pytest.approx(bound, abs=0.06)
+    assert run["shape_bound"]["fraction_of_ceiling"] == pytest.approx(bound / 7.0, abs=1e-3)
+    for name in ("ours", "plain"):
+        assert run[name]["train"]["fraction_of_shape_bound"] == pytest.approx(
+            run[name]["train"]["achieved_gflops"] / bound, abs=6e-4)
 
 
 def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monkeypatch):
