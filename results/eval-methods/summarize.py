@@ -42,7 +42,9 @@ def settings(folder):
         path = folder / f"tune-{method}.json"
         if path.exists():
             best = {k: v for k, v in json.loads(path.read_text())["rows"][0].items() if not k.startswith("val_")}
-            parts.append(f"{method}: " + ", ".join(f"{k} {v:.4g}" for k, v in best.items()))
+            tuned = ", ".join(f"{k} {v:.4g}" for k, v in best.items()) if any(best.values()) else (
+                "no setting beats plain evaluation on valid")
+            parts.append(f"{method}: {tuned}")
     return "; ".join(parts)
 
 
