@@ -5,8 +5,11 @@
 # 1. the long AWD-LSTM run to its 720 minutes (issue 13), 2. its fine-tuning and scores
 # (long-run/finish.sh), 3. issue 14's methods on it (eval-methods/run.sh), 4. the two 2-hour
 # headline runs (headline/run.sh), 5. issue 14's methods on those.
-# Stop it with: pkill -INT -f "python (train|evaluate|tune).py"  (the step under way saves what it
-# can and exits 130, which ends the queue). Each step's own log is where its script puts it.
+# Stop it with: pkill -TERM -f "python (train|evaluate|tune).py". train.py and a kept dynamic-evaluation
+# pass save and exit 130; anything else just ends (tune.py keeps the settings it finished; a plain pass
+# runs again); either way the queue ends. SIGTERM, not Ctrl-C's SIGINT: a process started in the
+# background by a script ignores SIGINT until it installs a handler, and some steps never do.
+# Each step's own log is where its script puts it.
 set -e
 cd "$(dirname "$0")/.."
 R=${RUNS:-$HOME/runs}
