@@ -223,6 +223,7 @@ def test_evaluate_leaves_the_run_directory_unchanged(tmp_path):
     (["--dyn-bptt", "0"], "--dyn-bptt must be at least 1"),
     (["--dyn-stat-batches", "0"], "--dyn-stat-batches must be at least 1"),
     (["--window", "50"], "--window does not apply to --dynamic-eval"),
+    (["--dyn-checkpoint-every", "-1"], "--dyn-checkpoint-every must not be negative"),
 ])
 def test_bad_dynamic_settings_are_one_line_errors(trained_run, capsys, flags, message):
     run, _ = trained_run
@@ -343,6 +344,12 @@ def test_a_kept_pass_of_another_job_is_refused_and_left_alone(trained_run, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "settings" in err and err.count("\n") == 1
     assert kept.read_bytes() == saved
+    kept.write_bytes(saved[:1000])  # torn
+    assert evaluate.main([str(run), *KEPT_PASS, "--dyn-checkpoint", str(kept)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read the saved pass") and err.count("\n") == 1
+    assert evaluate.main([str(run), "--dyn-checkpoint", str(kept)]) == 2
+    assert capsys.readouterr().err == "error: --dyn-checkpoint applies to --dynamic-eval only\n"
 
 
 def test_a_killed_pass_continues_from_its_last_save(trained_run, tmp_path):
