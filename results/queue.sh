@@ -21,8 +21,7 @@ step "long run"
 python train.py --resume "$R/awd-long" >> "$R/awd-long.log" 2>&1
 step "long run: fine-tuning and scores"
 sh results/long-run/finish.sh
-LONG=$R/awd-long
-[ -f "$R/awd-long-finetune/model.pt" ] && LONG=$R/awd-long-finetune
+LONG=$(cat results/long-run/scored-run.txt)  # written by finish.sh: the fine-tuned model where it won
 step "eval-methods on $LONG"
 sh results/eval-methods/run.sh "$LONG" awd-long
 step "headline runs"
