@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import cli
 from cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
-from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
+from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model, write_atomically
 from data import DataError, batchify, corpus_name, load_corpus
 from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
 from evaluate import evaluate
@@ -116,9 +116,8 @@ class Partial:
 
     def record(self, lr, lam, loss):
         self.rows.append({"lr": lr, "lam": lam, "val_loss": loss})
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"job": self.job, "rows": self.rows}, indent=2) + "\n")
-        tmp.replace(self.path)
+        text = json.dumps({"job": self.job, "rows": self.rows}, indent=2) + "\n"
+        write_atomically(self.path, lambda f: f.write(text.encode()))
 
     def finish(self):
         self.path.unlink(missing_ok=True)
