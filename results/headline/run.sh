@@ -12,6 +12,10 @@ R=${RUNS:-$HOME/runs}
 OUT=results/headline
 for preset in ${@:-lstm-cpu-2h awd-lstm-cpu-2h}; do
   run=$R/$preset
+  if [ ! -f "$run/config.json" ] && [ -f "$OUT/$preset-test.json" ]; then
+    echo "$preset: scored already ($OUT/$preset-*), its run directory is gone; not trained again"
+    continue
+  fi
   if [ -f "$run/config.json" ]; then
     python train.py --resume "$run" >> "$OUT/$preset-train.log" 2>&1
   else
@@ -24,9 +28,14 @@ for preset in ${@:-lstm-cpu-2h awd-lstm-cpu-2h}; do
   cp "$run/metrics.jsonl" "$OUT/$preset-metrics.jsonl"
   cp "$run/config.json" "$OUT/$preset-config.json"
 done
-if [ -f "$R/lstm-cpu-2h/metrics.jsonl" ] && [ -f "$R/awd-lstm-cpu-2h/metrics.jsonl" ]; then
-  python plot.py "$R/lstm-cpu-2h" "$R/awd-lstm-cpu-2h" --x minutes --ppl --title "WikiText-2, 2 hours on 2 CPU cores" \
-    -o "$OUT/curves-minutes.png"
-  python plot.py "$R/lstm-cpu-2h" "$R/awd-lstm-cpu-2h" --ppl --title "WikiText-2, 2 hours on 2 CPU cores" \
-    -o "$OUT/curves-epochs.png"
+# The curves come from the copies above, so they can be drawn after a run directory is gone.
+if [ -f "$OUT/lstm-cpu-2h-metrics.jsonl" ] && [ -f "$OUT/awd-lstm-cpu-2h-metrics.jsonl" ]; then
+  tmp=$(mktemp -d)
+  for preset in lstm-cpu-2h awd-lstm-cpu-2h; do
+    mkdir "$tmp/$preset" && cp "$OUT/$preset-metrics.jsonl" "$tmp/$preset/metrics.jsonl"
+  done
+  title="WikiText-2, 2 hours on 2 CPU cores"
+  python plot.py "$tmp/lstm-cpu-2h" "$tmp/awd-lstm-cpu-2h" --x minutes --ppl --title "$title" -o "$OUT/curves-minutes.png"
+  python plot.py "$tmp/lstm-cpu-2h" "$tmp/awd-lstm-cpu-2h" --ppl --title "$title" -o "$OUT/curves-epochs.png"
+  rm -r "$tmp"
 fi
