@@ -4,6 +4,7 @@ import json
 import pytest
 
 import bench
+from helpers import needs_bf16_cpu
 
 
 def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypatch):
@@ -57,6 +58,7 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
             run[name]["train"]["achieved_gflops"] / bound, abs=6e-4)
 
 
+@needs_bf16_cpu
 def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monkeypatch):
     import bench_lstm
     from kernels import OWN_MIN_STEP_WORK
@@ -75,6 +77,7 @@ def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monke
     assert not any(r["auto_picks_own"] for r in json.loads(out.read_text())["layers"])
 
 
+@needs_bf16_cpu
 def test_bench_lstm_times_the_forward_alone_at_evaluation_shapes(tmp_path, monkeypatch):
     import bench_lstm
     monkeypatch.setattr(bench_lstm, "EVAL_SHAPES", [("eval", 6, 2, 4, 8)])

@@ -15,7 +15,7 @@ import kernels
 import model
 import train
 from data import batchify, load_corpus
-from helpers import TINY
+from helpers import TINY, needs_bf16_cpu
 from kernels import (
     Workspace,
     autocast,
@@ -204,6 +204,7 @@ def test_dropout_mask_values_and_rate():
     assert abs((mask == 0).float().mean().item() - 0.3) < 0.01
 
 
+@needs_bf16_cpu
 @pytest.mark.parametrize("cfg", [ModelConfig(vocab_size=40, model="lstm", emsize=32, nhid=32, nlayers=2),
                                  ModelConfig(vocab_size=40, model="gru", emsize=32, nhid=32, nlayers=2),
                                  AWDConfig(vocab_size=40, emsize=16, nhid=32, nlayers=2)],
@@ -241,6 +242,7 @@ def test_default_dtype_follows_the_hardware():
     assert cfg["dtype"] == config.default_dtype("cpu")
 
 
+@needs_bf16_cpu
 def test_a_bf16_run_learns_and_may_resume_in_fp32(corpus_dir, tmp_path):
     run = tmp_path / "run"
     flags = [f if f != "fp32" else "bf16" for f in TINY]
@@ -289,6 +291,7 @@ def test_lstm_sequence_equals_torch_lstm_and_its_gradients():
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@needs_bf16_cpu
 def test_own_kernel_in_bf16_is_close_to_the_fused_one():
     torch.manual_seed(0)
     fused = WeightDropLSTM(16, 24, kernel="fused").train()
@@ -330,6 +333,7 @@ def test_weight_drop_under_the_own_kernel_uses_one_mask_for_all_steps(monkeypatc
     assert torch.all(layer.weight_hh.grad[dropped] == 0)
 
 
+@needs_bf16_cpu
 def test_auto_kernel_runs_ours_only_for_large_bf16_training_steps_on_cpu(monkeypatch):
     used = []
     real = model.lstm_sequence

@@ -13,7 +13,7 @@ import train
 from checkpoint import load_checkpoint
 from data import batchify, load_corpus
 from evaluate import Scores, evaluate
-from helpers import AWD_TINY, TINY, metrics, step_by_step, weights
+from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, step_by_step, weights
 from model import AWDLSTM, AWDConfig, ModelConfig, RNNModel
 from optim import sample_seq_len, scheduled_lr
 
@@ -243,6 +243,7 @@ def test_a_time_budget_drives_the_schedule_when_it_ends_first(corpus_dir, tmp_pa
 
 # --- validation precision --------------------------------------------------------------------------
 
+@needs_bf16_cpu
 def test_a_bf16_run_validates_in_fp32(corpus_dir, tmp_path):
     run = tmp_path / "run"
     flags = [f if f != "fp32" else "bf16" for f in TINY]
