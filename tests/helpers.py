@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from checkpoint import read_metrics
+from kernels import bf16_is_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # oneDNN's bf16 LSTM and linear kernels need AVX512 (BW, VL, DQ) or AVX-NE-CONVERT; on an AVX2-only CPU
 # they raise, so the tests that run them there are skipped, saying why.
-needs_bf16_cpu = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+needs_bf16_cpu = pytest.mark.skipif(not bf16_is_fast("cpu"),
                                     reason="this CPU has no oneDNN bf16 kernels (needs AVX512 or AVX-NE-CONVERT)")
 
 SUBJECTS = ["the cat", "a dog", "the bird", "my friend"]
