@@ -20,7 +20,7 @@ import torch
 import cli
 from checkpoint import BEST, LAST, load_checkpoint
 from data import LEVELS
-from kernels import DTYPES, LSTM_KERNELS, bf16_is_fast
+from kernels import DTYPES, LSTM_KERNELS, bf16_is_fast, bf16_problem
 from model import MODEL_TYPES, AWDConfig, ModelConfig
 
 
@@ -294,6 +294,10 @@ def check_config(cfg, given):
     if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":
         raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']} "
                           "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
+    for key in ("dtype", "val_dtype"):
+        problem = bf16_problem(cfg["device"], cfg[key])
+        if problem:
+            raise ConfigError(f"{flag(key)} {cfg[key]}: {problem}")
     if not 0 <= cfg["warmup"] < 1:
         raise ConfigError(f"--warmup must be in [0, 1), got {cfg['warmup']}")
     if cfg["average_start"] is not None and not 0 <= cfg["average_start"] < 1:

@@ -38,7 +38,7 @@ from dyneval import (
     statistics,
 )
 from dyneval import check_settings as check_dynamic
-from kernels import DTYPES, Workspace, autocast
+from kernels import DTYPES, Workspace, autocast, bf16_problem
 
 
 class Scores(NamedTuple):
@@ -221,6 +221,9 @@ class Job(NamedTuple):
 def prepare(args):
     """Load and check everything main() needs, with one-line errors (DataError, CheckpointError)."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    problem = bf16_problem(device, args.dtype)
+    if problem:
+        raise DataError(f"--dtype {args.dtype}: {problem}")
     model, ckpt = load_model(args.run, device)
     level, data = checkpoint_level(ckpt), args.data or ckpt["data"]
     corpus = load_corpus(data, level)

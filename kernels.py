@@ -33,11 +33,19 @@ def autocast(device, dtype):
 
 def bf16_is_fast(device):
     """True where bfloat16 matmuls run natively: CUDA GPUs that support it, and CPUs with
-    AVX512-BF16 or AMX (on other CPUs bf16 is emulated and slower than fp32)."""
+    AVX512-BF16 or AMX (on other CPUs oneDNN has no bf16 LSTM; see bf16_problem)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bf16_problem(device, dtype):
+    """Why `dtype` cannot run on `device`, as a one-line message, or None: on a CPU without
+    AVX512-BF16 or AMX, oneDNN cannot make its bf16 LSTM primitive at all."""
+    if dtype == "bf16" and torch.device(device).type == "cpu" and not bf16_is_fast(device):
+        return "bf16 needs a CPU with AVX512-BF16 or AMX, and this one has neither; use fp32"
+    return None
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

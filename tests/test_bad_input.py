@@ -9,6 +9,7 @@ import torch
 import cli
 import evaluate
 import generate
+import kernels
 import train
 from checkpoint import BEST
 from helpers import AWD_TINY, TINY, digests, write_corpus
@@ -127,10 +128,16 @@ CASES = [
     ("batch size 0, evaluate", "evaluate", lambda t, r, d: [r, "--batch-size", "0"], "--batch-size"),
     ("window 0, evaluate", "evaluate", lambda t, r, d: [r, "--window", "0"], "--window must be positive"),
     ("unknown split", "evaluate", lambda t, r, d: [r, "--split", "dev"], "invalid choice"),
+    # run as on a CPU without bf16 kernels (see NO_BF16_CPU), where oneDNN's bf16 LSTM fails deep inside
+    ("bf16 without bf16 CPU, train", "train", lambda t, r, d: ["--data", d, "--dtype", "bf16"], "AVX512-BF16 or AMX"),
+    ("bf16 validation without bf16 CPU", "train", lambda t, r, d: ["--data", d, "--val-dtype", "bf16"],
+     "--val-dtype bf16: bf16 needs"),
+    ("bf16 without bf16 CPU, evaluate", "evaluate", lambda t, r, d: [r, "--dtype", "bf16"], "AVX512-BF16 or AMX"),
 ]
 
 
 RUNTIME = {"loss turns NaN"}  # cases that fail after training has started
+NO_BF16_CPU = {c[0] for c in CASES if "without bf16 CPU" in c[0]}  # run with kernels.bf16_is_fast False
 
 
 def only_train(tmp):
@@ -148,6 +155,8 @@ def test_the_matrix_has_at_least_30_cases():
 def test_bad_input_is_refused_in_one_line(trained_run, tmp_path, capsys, monkeypatch, name, script, argv, message):
     run, data = trained_run
     before = digests(run)
+    if name in NO_BF16_CPU:
+        monkeypatch.setattr(kernels, "bf16_is_fast", lambda device: False)
     monkeypatch.setenv("LM_DATA_CACHE", str(tmp_path / "cache"))
     args = [str(a) for a in argv(tmp_path, run, data)]
     if script == "train" and "--resume" not in args:  # the case's flags last, so that they win
