@@ -1,4 +1,4 @@
-"""The bad-input matrix: each case through the command line of train.py, evaluate.py or
+"""The bad-input matrix: each case through the command line of train.py, evaluate.py, tune.py or
 generate.py must end with exit code 2, one line on stderr that starts with "error:", no
 traceback, and no file of an existing run directory changed."""
 import pickle
@@ -11,10 +11,11 @@ import evaluate
 import generate
 import kernels
 import train
+import tune
 from checkpoint import BEST
 from helpers import AWD_TINY, TINY, digests, write_corpus
 
-SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main}
+SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main, "tune": tune.main}
 
 
 def corpus(tmp, name="bad", **splits):
@@ -133,6 +134,8 @@ CASES = [
     ("bf16 validation without bf16 CPU", "train", lambda t, r, d: ["--data", d, "--val-dtype", "bf16"],
      "--val-dtype bf16: bf16 needs"),
     ("bf16 without bf16 CPU, evaluate", "evaluate", lambda t, r, d: [r, "--dtype", "bf16"], "AVX512-BF16 or AMX"),
+    ("bf16 without bf16 CPU, tune", "tune", lambda t, r, d: [r, "--method", "cache", "--out", t / "tuned",
+                                                             "--dtype", "bf16"], "AVX512-BF16 or AMX"),
 ]
 
 
