@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
@@ -147,8 +148,16 @@ def _update_in_one_pass(params, theta0, ms, grads, lam_over_mean, lr, epsilon):
     min(lam MS / mean_MS, 1) and the step lr / (MS + epsilon) are derived from MS inside the
     pass, so the compiled kernel reads θ, θ0, MS and g once and writes θ (20 bytes per entry,
     against 32 for Adaptation's two eager passes over stored constants). The scalars are 0-dim
-    tensors, so that other settings (tune.py's grid) reuse the compiled kernel."""
+    tensors, so that other settings (tune.py's grid) reuse the compiled kernel.
+
+    An entry of grads may be the pair (left, right) of a rank-k gradient left.T @ right (the
+    parts of a kernels.LowRankGradient, left (k, vocab), right (k, d)): each of its entries is
+    formed in the pass from k products, so the (vocab, d) gradient is never written nor read,
+    and the pass reads 12 bytes per entry and writes 4."""
     for p, t, m, g in zip(params, theta0, ms, grads, strict=True):
+        if isinstance(g, tuple):
+            left, right = g
+            g = (left.t().float()[:, :, None] * right.float()[None]).sum(1)  # (vocab, k, d) summed over k
         p.copy_(p + (m * lam_over_mean).clamp(max=1) * (t - p) - lr * g / (m + epsilon))
 
 
@@ -169,13 +178,16 @@ class Adaptation:
     compiled=False runs it eagerly as θ <- θ ⊙ (1 - d) + d ⊙ θ0 - (lr / (MS + epsilon)) ⊙ g from
     stored constants: two passes over the weights, with no allocation. Models of
     COMPILED_UPDATE_MIN_PARAMS or more run it as one pass compiled by torch.compile (see
-    _update_in_one_pass), or eagerly when compiling fails (with a warning). step(grads) takes g in
-    the order of model.parameters(); restore() puts θ0 back."""
+    _update_in_one_pass), or eagerly when compiling fails (with a warning). step(grads, low_rank)
+    takes g in the order of model.parameters(), where a kernels.LowRankGradient gives the
+    gradient of its weight (whose entry in grads is then None); restore() puts θ0 back."""
 
     def __init__(self, model, ms, settings):
         self.params = [p for _, p in model.named_parameters()]
         self.ms = [ms[n] for n, _ in model.named_parameters()]
         s = settings
+        self.rank = s.bptt  # of a segment's LowRankGradient: a shorter last segment's is padded
+        self.dense_grad = None  # the eager update's buffer for a LowRankGradient made whole
         self.theta0 = [p.detach().clone() for p in self.params]
         mean_ms = sum(m.mean() for m in self.ms) / len(self.ms)
         self.scalars = [torch.as_tensor(v, dtype=torch.float32, device=self.params[0].device)
@@ -192,19 +204,45 @@ class Adaptation:
         self.neg_step = [-lr / (m + epsilon) for m in self.ms]
 
     @torch.no_grad()
-    def step(self, grads):
+    def step(self, grads, low_rank=None):
+        grads = list(grads)
+        i = None if low_rank is None else next(k for k, p in enumerate(self.params) if p is low_rank.weight)
         if self.compiled:
             try:
+                if i is not None:
+                    grads[i] = self._padded_parts(low_rank)
                 _compiled_update()([p.detach() for p in self.params], self.theta0, self.ms, grads, *self.scalars)
+                if i is not None:
+                    self._step_rows(i, low_rank)
                 return
             except Exception as e:  # noqa: BLE001 - no compiler here: the same update, eagerly
                 print(f"warning: dynamic evaluation's compiled update failed ({cli.first_line(e)}); "
                       "running it eagerly", file=sys.stderr)
                 self.compiled = False
                 self._make_constants()
+        if i is not None:
+            if self.dense_grad is None:
+                self.dense_grad = torch.empty_like(self.params[i])
+            grads[i] = low_rank.dense(self.dense_grad)
         for p, g, keep, pull, neg_step in zip(self.params, grads, self.keep, self.pull, self.neg_step, strict=True):
             torch.addcmul(pull, p, keep, out=p)
             p.addcmul_(neg_step, g)
+
+    def _padded_parts(self, low_rank):
+        """(left, right) with `rank` rows each, a shorter segment's padded with zero rows, so that
+        the compiled update sees one shape and compiles once."""
+        left, right = low_rank.left, low_rank.right
+        short = self.rank - left.size(0)
+        return (left, right) if short <= 0 else (F.pad(left, (0, 0, 0, short)), F.pad(right, (0, 0, 0, short)))
+
+    def _step_rows(self, i, low_rank):
+        """The step's part from the embedding lookup's gradient rows, after the pass over the
+        low-rank part: the step is linear in g, so adding it to the rows afterwards is the same
+        update (to rounding)."""
+        if low_rank.ids is not None:
+            p, m = self.params[i].detach(), self.ms[i][low_rank.ids]
+            _, lr, epsilon = self.scalars
+            p.index_add_(0, low_rank.ids, low_rank.rows.to(p.dtype) * (-lr / (m + epsilon)))
 
     @torch.no_grad()
     def restore(self):
@@ -297,8 +335,8 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, 
     With a PassFile `keep`, the pass continues from the one saved there, if any, and is saved as it
     goes; when stop() turns true it is saved and None is returned (the model holds θ0 again)."""
     model.eval()
-    # Each segment's gradients are used up by its step, so the decoder's may live in a kept buffer.
-    hidden, workspace = model.init_hidden(source.size(1)), Workspace(keep_weight_grad=True)
+    # Each segment's gradients are used up by its step, so the decoder weight's may stay in parts.
+    hidden, workspace = model.init_hidden(source.size(1)), Workspace(factor_weight_grad=True)
     nats = torch.zeros((), dtype=torch.float64, device=source.device)
     correct = torch.zeros((), dtype=torch.float64, device=source.device)
     starts = segments(source, settings.bptt)
@@ -314,7 +352,8 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, 
                 ce, n, c, out = model.scored_loss(x, y, detach_hidden(hidden), workspace, cache)
             nats += n  # scored before the update that learns from it
             correct += c
-            adaptation.step(torch.autograd.grad(ce, adaptation.params))
+            grads = torch.autograd.grad(ce, adaptation.params, allow_unused=True)  # None: the decoder weight's
+            adaptation.step(grads, workspace.take_weight_grad())
             hidden, done = detach_hidden(out.hidden), done + 1
             stopping = stop()
             if keep and done < len(starts) and (stopping or keep.due()):

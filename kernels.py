@@ -10,6 +10,8 @@ chunked decoder loss and scores.
   tokens at a time, so the (tokens, vocab) logits never exist whole.
 - tied_embedding / TiedGradient: the embedding lookup of a weight the decoder shares, whose
   gradient is added in place into the decoder's instead of being a second dense gradient.
+- LowRankGradient: the decoder weight's gradient of a few tokens left in its parts, for a
+  caller that folds it into its own update (dynamic evaluation) instead of reading it whole.
 
 Each computes the same function as the plain PyTorch code it replaces: tests/test_kernels.py
 pins that exactly in fp32 and within tolerance in bf16.
@@ -218,19 +220,54 @@ class Workspace:
     fresh buffer this large is page-faulted in on each allocation, which costs as much as a pass
     over it.
 
-    keep_weight_grad=True also keeps the buffer of the decoder weight's gradient, which each call
-    then overwrites: only for a caller that uses up each gradient before the next call (dynamic
-    evaluation, through torch.autograd.grad), never where autograd keeps it in .grad."""
+    factor_weight_grad=True: linear_cross_entropy takes its tokens in one chunk and leaves the
+    decoder weight's gradient here as a LowRankGradient (take_weight_grad) instead of giving it to
+    autograd, which sees no gradient for that weight (torch.autograd.grad(..., allow_unused=True)
+    returns None for it). Its parts live in this workspace's scratch memory, so the caller uses
+    them up before the next call: dynamic evaluation, whose 5-token gradient is rank 5."""
 
-    def __init__(self, keep_weight_grad=False):
+    def __init__(self, factor_weight_grad=False):
         self.flat = {}
-        self.keep_weight_grad = keep_weight_grad
+        self.factor_weight_grad = factor_weight_grad
+        self.weight_grad = None
 
     def matrix(self, rows, cols, dtype, device, name="logits"):
         flat = self.flat.get((name, dtype))
         if flat is None or flat.numel() < rows * cols or flat.device != device:
             flat = self.flat[name, dtype] = torch.empty(rows * cols, dtype=dtype, device=device)
         return flat[:rows * cols].view(rows, cols)
+
+    def take_weight_grad(self):
+        """The LowRankGradient of the last backward pass (factor_weight_grad=True), handed over
+        once; None when there is none."""
+        grad, self.weight_grad = self.weight_grad, None
+        return grad
+
+
+class LowRankGradient:
+    """The gradient of a (vocab, d) decoder weight, left in its parts: left.T @ right, with left
+    (k, vocab) the loss's gradient with respect to the k tokens' logits and right (k, d) their
+    features, plus, when the embedding lookup shares the weight, the lookup's gradient rows
+    (m, d) added at the rows `ids` (m,). For dynamic evaluation's 5 tokens the parts are a
+    thousandth of the dense gradient: an update that forms each entry of left.T @ right as it
+    reads the weight never writes or reads the (vocab, d) matrix."""
+
+    def __init__(self, weight, left, right):
+        self.weight, self.left, self.right = weight, left, right
+        self.ids = self.rows = None
+
+    def add_rows(self, ids, rows):
+        self.ids, self.rows = ids, rows
+
+    def dense(self, out):
+        """The gradient whole, written into out (vocab, d) in the weight's dtype."""
+        if self.left.dtype == out.dtype:
+            torch.mm(self.left.t(), self.right, out=out)
+        else:
+            out.copy_(self.left.t() @ self.right)
+        if self.ids is not None:
+            out.index_add_(0, self.ids, self.rows.to(out.dtype))
+        return out
 
 
 # Calls with at least this many rows in all read the decoder weight from a contiguous transposed
@@ -299,16 +336,10 @@ def _weight_product(probs, x):
     return probs.t() @ x
 
 
-def _weight_gradient(probs, x, weight, workspace):
-    """probs.T @ x (vocab, d) in the weight's dtype: in the workspace's kept buffer when it keeps
-    one (see Workspace; few rows, where probs.T is read fast), else in a new contiguous tensor
-    (autograd would copy a transposed one into the weight's layout)."""
-    if not workspace.keep_weight_grad:
-        return _weight_product(probs, x).to(weight.dtype, memory_format=torch.contiguous_format)
-    out = workspace.matrix(*weight.shape, weight.dtype, weight.device, "weight_grad")
-    if probs.dtype == weight.dtype:
-        return torch.mm(probs.t(), x, out=out)
-    return out.copy_(probs.t() @ x)
+def _weight_gradient(probs, x, weight):
+    """probs.T @ x (vocab, d) in the weight's dtype, in a new contiguous tensor (autograd would
+    copy a transposed one into the weight's layout)."""
+    return _weight_product(probs, x).to(weight.dtype, memory_format=torch.contiguous_format)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -317,14 +348,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     its gradient never exist whole, which saves most of the memory traffic of the softmax.
     With score=True it also scores the same logits as linear_scores does, and returns the
     summed nats and correct predictions (not differentiable) after the loss. With a TiedGradient
-    that an embedding lookup of the weight has joined, the weight's gradient goes to it."""
+    that an embedding lookup of the weight has joined, the weight's gradient goes to it. With a
+    Workspace(factor_weight_grad=True), the weight's gradient is a LowRankGradient (see there)."""
 
     @staticmethod
     def forward(ctx, features, weight, bias, targets, rows, workspace, score, tied, mix):
         device = features.device
         dtype = compute_dtype(device.type, features.dtype)  # of the matmul operands
         n = features.size(0)
-        rows = min(rows, n)
+        factored = workspace.factor_weight_grad
+        rows = n if factored else min(rows, n)  # factored: one chunk, whose softmax gradient is `left`
         grad_features = torch.empty_like(features)
         grad_weight = grad_bias = None  # fp32 sums over chunks, in the weight's dtype
         loss = torch.zeros((), dtype=torch.float32, device=device)
@@ -334,7 +367,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         log_probs_all = workspace.matrix(rows, weight.size(0), torch.float32, device, "log_probs") if score else None
         # The mean's 1/n goes on the softmax's gradient when that is the smaller (a few rows, as in
         # dynamic evaluation), else on the summed gradients.
-        scale_probs = rows < weight.size(1)
+        scale_probs = factored or rows < weight.size(1)
         with torch.autocast(device.type, enabled=False):
             w, w_t, b = _decoder_operands(weight, bias, dtype, n)
             for start, x, t in _chunks(features.to(dtype), targets, rows):
@@ -348,15 +381,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if scale_probs:
                     probs.div_(n)
                 grad_features[start:start + x.size(0)] = probs @ w
-                if grad_weight is None:
-                    grad_weight, grad_bias = _weight_gradient(probs, x, weight, workspace), probs.sum(0).to(bias.dtype)
+                if factored:
+                    grad_weight, grad_bias = LowRankGradient(weight, probs, x.detach()), probs.sum(0).to(bias.dtype)
+                elif grad_weight is None:
+                    grad_weight, grad_bias = _weight_gradient(probs, x, weight), probs.sum(0).to(bias.dtype)
                 else:
                     grad_weight.add_(_weight_product(probs, x))
                     grad_bias.add_(probs.sum(0))
         ctx.grads = (grad_features, grad_weight, grad_bias)
         if not scale_probs:
             torch._foreach_div_(ctx.grads, n)
-        ctx.tied = tied
+        ctx.tied, ctx.workspace = tied, workspace
         ctx.mark_non_differentiable(nats, correct)
         return loss / n, nats, correct
 
@@ -364,10 +399,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_nats, grad_correct):
         grads = list(ctx.grads)
         del ctx.grads  # differentiable once
+        low_rank = grads[1] if isinstance(grads[1], LowRankGradient) else None
         if grad_loss.device.type != "cpu" or grad_loss.item() != 1:  # on CPU, skip a pass when it is 1
-            torch._foreach_mul_(grads, grad_loss)
+            torch._foreach_mul_([g for g in grads if torch.is_tensor(g)], grad_loss)
+            if low_rank is not None:
+                low_rank.left.mul_(grad_loss)
         if ctx.tied is not None and ctx.tied.lookup:
             ctx.tied.grad, grads[1] = grads[1], None
+        if low_rank is not None:  # autograd gets none: the caller takes it from the workspace
+            ctx.workspace.weight_grad, grads[1] = low_rank, None
         return *grads, None, None, None, None, None, None
 
 
@@ -400,7 +440,8 @@ class TiedGradient:
     into it in place and returns the sum as the weight's only gradient. Without this, autograd
     adds a second (vocab, d) gradient, the lookup's, into the decoder's: a buffer filled, written
     and added on every backward, most of all of dynamic evaluation's 5-token steps. If no lookup
-    joins (lookup stays False), the decoder returns its gradient as usual."""
+    joins (lookup stays False), the decoder returns its gradient as usual. A LowRankGradient
+    handed over here gets the lookup's rows added to its parts, and neither returns a gradient."""
 
     def __init__(self):
         self.lookup = False
@@ -419,6 +460,9 @@ class _TiedEmbedding(torch.autograd.Function):
     def backward(ctx, grad_out):
         tokens, = ctx.saved_tensors
         grad, ctx.tied.grad = ctx.tied.grad, None
+        if isinstance(grad, LowRankGradient):  # the weight's gradient stays in parts: add ours to them
+            grad.add_rows(tokens.reshape(-1), grad_out.reshape(-1, grad.right.size(1)))
+            return None, None, None
         if grad is None:  # the decoder was not in this backward pass
             grad = grad_out.new_zeros(ctx.weight_shape)
         grad.index_add_(0, tokens.reshape(-1), grad_out.reshape(-1, grad.size(1)).to(grad.dtype))

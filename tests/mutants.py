@@ -106,9 +106,11 @@ MUTANTS = {
     "dyneval-state-reset-per-segment": ("dyneval.py", "hidden, done = detach_hidden(out.hidden), done + 1",
                                         "hidden, done = model.init_hidden(source.size(1)), done + 1"),
     "dyneval-scores-after-the-update": ("dyneval.py",
-                                        "            adaptation.step(torch.autograd.grad(ce, adaptation.params))\n",
-                                        "            adaptation.step(torch.autograd.grad(ce, adaptation.params))\n"
+                                        "            adaptation.step(grads, workspace.take_weight_grad())\n",
+                                        "            adaptation.step(grads, workspace.take_weight_grad())\n"
                                         "            nats += model.score(x, y, detach_hidden(hidden))[0] - n\n"),
+    "dyneval-tied-rows-left-out-of-the-step": ("kernels.py", "grad.add_rows(tokens.reshape(-1), grad_out.reshape",
+                                               "(tokens.reshape(-1), grad_out.reshape"),
     "dyneval-ms-without-sqrt": ("dyneval.py", "(s / len(starts)).sqrt_()", "(s / len(starts))"),
     "dyneval-mean-over-entries": ("dyneval.py", "mean_ms = sum(m.mean() for m in self.ms) / len(self.ms)",
                                   "mean_ms = torch.cat([m.flatten() for m in self.ms]).mean()"),

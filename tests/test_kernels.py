@@ -146,18 +146,37 @@ def test_the_scored_loss_scores_as_linear_scores_does(decoder_problem, rows, dty
         assert torch.equal(e, o)
 
 
-def test_a_kept_weight_gradient_is_overwritten_by_each_call_and_right_each_time(decoder_problem):
-    """Workspace(keep_weight_grad=True), dynamic evaluation's: each call's gradient, taken by
-    autograd.grad before the next call, is that call's own."""
-    features, weight, bias, targets = decoder_problem
-    workspace = Workspace(keep_weight_grad=True)
-    w = weight.clone().requires_grad_()
-    for k in (0, 1):
-        f = features[k::2]
-        loss = linear_cross_entropy(f, w, bias, targets[k::2], rows=5, workspace=workspace)
-        grad, = torch.autograd.grad(loss * 3.0, [w])
-        torch.testing.assert_close(grad, reference_grads(f, weight, bias, targets[k::2], 3.0)[2], rtol=1e-5, atol=1e-6)
-    assert grad.data_ptr() == workspace.flat["weight_grad", torch.float32].data_ptr()
+@pytest.mark.parametrize("cfg", [AWDConfig(vocab_size=40, emsize=8, nhid=12, nlayers=2, tied=True),
+                                 AWDConfig(vocab_size=40, emsize=8, nhid=12, nlayers=2, tied=False),
+                                 ModelConfig(model="lstm", vocab_size=40, emsize=12, nhid=12, tied=True)])
+def test_a_factored_weight_gradient_is_each_calls_own_and_equals_the_dense_one(cfg):
+    """Workspace(factor_weight_grad=True), dynamic evaluation's: autograd gets no gradient for the
+    decoder weight, and the LowRankGradient left in the workspace, made whole, is the weight's
+    whole gradient (with a tied lookup's rows), for each of two calls on the same workspace; the
+    other parameters' gradients are unchanged. The loss is scaled by 3 (a backward gradient of 1
+    skips the scaling)."""
+    torch.manual_seed(0)
+    net = build_model(cfg).eval()
+    params = list(net.parameters())
+    decoder = next(k for k, p in enumerate(params) if p is net.decoder.weight)
+    workspace, hidden = Workspace(factor_weight_grad=True), net.init_hidden(1)
+    tokens = torch.randint(0, 40, (11, 1), generator=torch.Generator().manual_seed(1))
+    for start in (0, 5):
+        x, y = tokens[start:start + 5], tokens[start + 1:start + 6]
+        loss, out = net.loss(x, y, hidden, Workspace())
+        expected = torch.autograd.grad(loss * 3.0, params)
+        loss, _ = net.loss(x, y, hidden, workspace)
+        grads = torch.autograd.grad(loss * 3.0, params, allow_unused=True)
+        low_rank = workspace.take_weight_grad()
+        assert grads[decoder] is None and low_rank.weight is net.decoder.weight
+        assert workspace.take_weight_grad() is None  # handed over once
+        assert (low_rank.ids is not None) == cfg.tied
+        whole = low_rank.dense(torch.full_like(params[decoder], float("nan")))
+        torch.testing.assert_close(whole, expected[decoder], rtol=1e-5, atol=1e-7)
+        for k, (g, e) in enumerate(zip(grads, expected, strict=True)):
+            if k != decoder:
+                torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+        hidden = detach_hidden(out.hidden)
 
 
 def test_accuracy_on_a_hand_made_example():
