@@ -285,6 +285,37 @@ def _decoder_operands(weight, bias, dtype, rows):
     return w, w.t().contiguous() if rows >= CONTIGUOUS_MIN_ROWS else w.t(), bias.to(dtype)
 
 
+# Chunks of at most this many rows, fp32 on CPU (dynamic evaluation's 5-token segments), make
+# their logits as (weight @ x.T).T and the features' gradient as a sum over blocks of
+# BLOCK_ROWS vocabulary rows: MKL's sgemm reads a (vocab, d) weight much slower as the
+# transposed operand of a few-row product, or along a long reduction, than as these do
+# (results/eval-methods/SPEED.md).
+FEW_ROWS = 16
+BLOCK_ROWS = 2048
+
+
+def _few_rows(x, weight):
+    return x.device.type == "cpu" and weight.dtype == torch.float32 and x.size(0) <= FEW_ROWS
+
+
+def _logits_(out, x, w, w_t, b):
+    """out (rows, vocab) <- x @ w_t + b, the logits of x (rows, d); w_t is w.T or its contiguous copy."""
+    if _few_rows(x, w):
+        out.copy_(torch.addmm(b[:, None], w, x.t()).t())
+    else:
+        torch.addmm(b, x, w_t, out=out)
+
+
+def _features_gradient(grad_logits, w):
+    """grad_logits (rows, vocab) @ w (vocab, d)."""
+    if not _few_rows(grad_logits, w):
+        return grad_logits @ w
+    out = grad_logits.new_zeros(grad_logits.size(0), w.size(1))
+    for start in range(0, w.size(0), BLOCK_ROWS):
+        out.addmm_(grad_logits[:, start:start + BLOCK_ROWS], w[start:start + BLOCK_ROWS])
+    return out
+
+
 def _score_chunk(logits, log_probs, targets, mix=None, start=0):
     """(summed target log-likelihood (fp32), correct argmax predictions (float64)) of one chunk's
     logits (rows, vocab), both counted on its log-softmax, taken in fp32 in log_probs: logits
@@ -372,7 +403,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             w, w_t, b = _decoder_operands(weight, bias, dtype, n)
             for start, x, t in _chunks(features.to(dtype), targets, rows):
                 probs = probs_all[:x.size(0)]
-                torch.addmm(b, x, w_t, out=probs)  # logits (rows, vocab)
+                _logits_(probs, x, w, w_t, b)
                 if score:
                     log_likelihood, hits = _score_chunk(probs, log_probs_all[:x.size(0)], t, mix, start)
                     nats -= log_likelihood
@@ -380,7 +411,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 loss += _softmax_minus_onehot_(probs, t)  # probs is now d loss / d logits
                 if scale_probs:
                     probs.div_(n)
-                grad_features[start:start + x.size(0)] = probs @ w
+                grad_features[start:start + x.size(0)] = _features_gradient(probs, w)
                 if factored:
                     grad_weight, grad_bias = LowRankGradient(weight, probs, x.detach()), probs.sum(0).to(bias.dtype)
                 elif grad_weight is None:
@@ -509,7 +540,7 @@ def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=No
     dtype = compute_dtype(features.device.type, features.dtype)
     features = features.to(dtype)
     shape = (min(rows, features.size(0)), weight.size(0))
-    _, w_t, b = _decoder_operands(weight, bias, dtype, features.size(0))
+    w, w_t, b = _decoder_operands(weight, bias, dtype, features.size(0))
     nats = features.new_zeros((), dtype=torch.float64)
     correct = features.new_zeros((), dtype=torch.float64)
     workspace = Workspace() if workspace is None else workspace
@@ -518,7 +549,7 @@ def linear_scores(features, weight, bias, targets, rows=SCORE_ROWS, workspace=No
     with torch.autocast(features.device.type, enabled=False):
         for start, x, t in _chunks(features, targets, rows):
             chunk_logits, chunk_log_probs = logits[:x.size(0)], log_probs[:x.size(0)]
-            torch.addmm(b, x, w_t, out=chunk_logits)
+            _logits_(chunk_logits, x, w, w_t, b)
             log_likelihood, hits = _score_chunk(chunk_logits, chunk_log_probs, t, mix, start)
             nats -= log_likelihood
             correct += hits

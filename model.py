@@ -229,8 +229,8 @@ class LanguageModel(nn.Module):
     network up to the decoder's input; forward, loss and score finish it."""
 
     def lstm_kernel(self, kernel):
-        """A context in which the recurrent layers run in `kernel`; the baseline's nn.LSTM/GRU/RNN
-        has one kernel only, so here nothing changes."""
+        """A context in which the LSTM layers run in `kernel` (see WeightDropLSTM); here, where
+        there are none, nothing changes."""
         return nullcontext()
 
     def forward(self, tokens, hidden, targets=None, workspace=None):
@@ -363,7 +363,24 @@ class RNNModel(LanguageModel):
         self.decoder = nn.Linear(cfg.nhid, cfg.vocab_size)
         if cfg.tied:
             self.decoder.weight = self.encoder.weight
+        self.own_kernel = False  # the LSTM's layers in kernels.lstm_sequence instead of nn.LSTM's
         self.init_weights()
+
+    @contextmanager
+    def lstm_kernel(self, kernel):
+        """An LSTM's layers run in our recurrence (kernels.lstm_sequence) for the body when kernel
+        is "own", else in nn.LSTM (oneDNN on CPU, cuDNN on CUDA), as they always do outside such a
+        body. Dynamic evaluation asks for "own": at batch 1 in fp32 it runs a 650-unit layer's
+        5 steps, forward and backward, in about 0.4x the time (results/eval-methods/SPEED.md).
+        A GRU or vanilla RNN has one kernel."""
+        if kernel not in LSTM_KERNELS:
+            raise ValueError(f"unknown LSTM kernel {kernel!r}: choose one of {', '.join(LSTM_KERNELS)}")
+        saved = self.own_kernel
+        self.own_kernel = kernel == "own" and self.cfg.model == "lstm"
+        try:
+            yield
+        finally:
+            self.own_kernel = saved
 
     def init_weights(self, initrange=0.1):
         nn.init.uniform_(self.encoder.weight, -initrange, initrange)
@@ -375,9 +392,24 @@ class RNNModel(LanguageModel):
         """tokens (seq_len, batch); hidden as init_hidden makes it; tied: see
         LanguageModel._tied_gradient."""
         emb = self.drop(embed(tokens, self.encoder.weight, tied))  # (seq_len, batch, emsize)
-        out, hidden = self.rnn(emb, hidden)  # (seq_len, batch, nhid)
+        out, hidden = (self._own_lstm if self.own_kernel else self.rnn)(emb, hidden)  # (seq_len, batch, nhid)
         dropped = self.drop(out)
         return LMOutput(None, hidden, out, dropped)
+
+    def _own_lstm(self, x, hidden):
+        """What self.rnn (an nn.LSTM) computes, a layer at a time in kernels.lstm_sequence, from
+        its weights: x (seq_len, batch, emsize), hidden (h, c) each (nlayers, batch, nhid);
+        between layers, in training, nn.LSTM's dropout (its own masks, not nn.LSTM's draws)."""
+        h0, c0 = hidden
+        last = []
+        for k in range(self.cfg.nlayers):
+            if k:
+                x = F.dropout(x, self.rnn.dropout, self.training)
+            weights = (getattr(self.rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            x, state = lstm_sequence(x, (h0[k:k + 1], c0[k:k + 1]), *weights)
+            last.append(state)
+        h, c = zip(*last, strict=True)
+        return x, (torch.cat(h), torch.cat(c))
 
     def init_hidden(self, batch_size):
         """Zero state: (h, c) for an LSTM, h otherwise, each (nlayers, batch, nhid)."""

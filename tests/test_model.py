@@ -5,7 +5,7 @@ import torch
 
 import train
 from helpers import TINY
-from model import RNN_TYPES, ModelConfig, RNNModel
+from model import RNN_TYPES, ModelConfig, RNNModel, build_model
 
 
 @pytest.mark.parametrize("model", RNN_TYPES)
@@ -46,3 +46,32 @@ def test_tying_with_mismatched_sizes_is_a_clear_error():
 def test_config_round_trips_through_a_dict():
     cfg = ModelConfig(vocab_size=30, model="gru", emsize=8, nhid=8, tied=True)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_baselines_lstm_in_our_recurrence_equals_nn_lstm(tied):
+    """RNNModel.lstm_kernel("own") (dynamic evaluation's) runs the LSTM's layers in
+    kernels.lstm_sequence from nn.LSTM's weights: the same loss, state and gradients, layer by
+    layer (a nonzero state in, so each layer must get its own)."""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(model="lstm", vocab_size=40, emsize=12, nhid=12, nlayers=3, tied=tied)).eval()
+    tokens = torch.randint(0, 40, (6, 2))
+    hidden = tuple(torch.randn(3, 2, 12) for _ in range(2))
+
+    def run():
+        loss, out = net.loss(tokens[:-1], tokens[1:], hidden)
+        return (loss, *out.hidden, *torch.autograd.grad(loss, list(net.parameters())))
+
+    plain = run()
+    with net.lstm_kernel("own"):
+        assert net.own_kernel
+        ours = run()
+    assert not net.own_kernel  # as before, after the body
+    for p, o in zip(plain, ours, strict=True):
+        torch.testing.assert_close(o, p, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gru_has_one_kernel():
+    net = build_model(ModelConfig(model="gru", vocab_size=40, emsize=12, nhid=12))
+    with net.lstm_kernel("own"):
+        assert not net.own_kernel
