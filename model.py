@@ -173,6 +173,12 @@ def embedding_dropout(weight, tokens, p, training, tied=None):
     return emb * dropout_mask((weight.size(0), 1), p, weight.device)[tokens]
 
 
+def check_lstm_kernel(kernel):
+    """ValueError unless kernel is one of LSTM_KERNELS."""
+    if kernel not in LSTM_KERNELS:
+        raise ValueError(f"unknown LSTM kernel {kernel!r}: choose one of {', '.join(LSTM_KERNELS)}")
+
+
 class WeightDropLSTM(nn.Module):
     """One LSTM layer with DropConnect on its hidden-to-hidden matrix; AWD-LSTM Section 2.
 
@@ -189,8 +195,7 @@ class WeightDropLSTM(nn.Module):
 
     def __init__(self, input_size, hidden_size, weight_drop=0.0, kernel="auto"):
         super().__init__()
-        if kernel not in LSTM_KERNELS:
-            raise ValueError(f"unknown LSTM kernel {kernel!r}: choose one of {', '.join(LSTM_KERNELS)}")
+        check_lstm_kernel(kernel)
         self.input_size, self.hidden_size, self.weight_drop = input_size, hidden_size, weight_drop
         self.kernel = kernel
         gates = 4 * hidden_size
@@ -370,11 +375,9 @@ class RNNModel(LanguageModel):
     def lstm_kernel(self, kernel):
         """An LSTM's layers run in our recurrence (kernels.lstm_sequence) for the body when kernel
         is "own", else in nn.LSTM (oneDNN on CPU, cuDNN on CUDA), as they always do outside such a
-        body. Dynamic evaluation asks for "own": at batch 1 in fp32 it runs a 650-unit layer's
-        5 steps, forward and backward, in about 0.4x the time (results/eval-methods/SPEED.md).
-        A GRU or vanilla RNN has one kernel."""
-        if kernel not in LSTM_KERNELS:
-            raise ValueError(f"unknown LSTM kernel {kernel!r}: choose one of {', '.join(LSTM_KERNELS)}")
+        body. Dynamic evaluation asks for "own", the faster at batch 1 with gradients
+        (results/eval-methods/SPEED.md). A GRU or vanilla RNN has one kernel."""
+        check_lstm_kernel(kernel)
         saved = self.own_kernel
         self.own_kernel = kernel == "own" and self.cfg.model == "lstm"
         try:
@@ -405,8 +408,7 @@ class RNNModel(LanguageModel):
         for k in range(self.cfg.nlayers):
             if k:
                 x = F.dropout(x, self.rnn.dropout, self.training)
-            weights = (getattr(self.rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            x, state = lstm_sequence(x, (h0[k:k + 1], c0[k:k + 1]), *weights)
+            x, state = lstm_sequence(x, (h0[k:k + 1], c0[k:k + 1]), *self.rnn.all_weights[k])  # ih, hh, biases
             last.append(state)
         h, c = zip(*last, strict=True)
         return x, (torch.cat(h), torch.cat(c))
