@@ -144,6 +144,8 @@ MUTANTS = {
                                        "(self.state.position)"),
     "scaler-state-not-saved": ("train.py", "hidden, rng,\n" + " " * 36 + "self.scaler.state_dict())",
                                "hidden, rng,\n" + " " * 36 + "None)"),
+    "one-process-torchrun-not-distributed": ("distributed.py", "return self.size > 1 or self.launched",
+                                             "return self.size > 1"),
     "all-skipped-epoch-unchecked": ("train.py", "    if not state.train_tokens:\n", "    if False:\n"),
     "scaler-state-not-restored": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
                                   "self.scaler.load_state_dict(None)"),
