@@ -171,6 +171,7 @@ class LossScaler:
 
     def __init__(self, device_type, enabled, **options):
         self.scaler = torch.amp.GradScaler(device_type, enabled=enabled, **options)
+        self.scale = None  # the scale after the last update, as read back then
 
     @property
     def enabled(self):
@@ -185,14 +186,15 @@ class LossScaler:
 
     def step(self, optimizer):
         """optimizer.step() unless the gradients overflowed; returns whether it was applied.
-        With scaling on, this reads the scale back to the host twice (a sync per step)."""
+        With scaling on, this reads the new scale back to the host: one sync per step."""
         if not self.enabled:
             optimizer.step()
             return True
-        scale = self.scaler.get_scale()
+        before = self.scaler.get_scale() if self.scale is None else self.scale
         self.scaler.step(optimizer)
         self.scaler.update()
-        return self.scaler.get_scale() >= scale  # update() halves the scale exactly when it skipped
+        self.scale = self.scaler.get_scale()
+        return self.scale >= before  # update() lowers the scale exactly when it skipped the step
 
     def state_dict(self):
         """The scale and its growth counter (plain data), or None when scaling is off."""
@@ -203,6 +205,7 @@ class LossScaler:
         starts from the initial scale."""
         if state and self.enabled:
             self.scaler.load_state_dict(state)
+            self.scale = None
 
 
 NO_SCALING = LossScaler("cpu", enabled=False)  # train_step's default: fp32 and bf16 steps

@@ -147,6 +147,7 @@ MUTANTS = {
     "one-process-torchrun-not-distributed": ("distributed.py", "return self.size > 1 or self.launched",
                                              "return self.size > 1"),
     "all-skipped-epoch-unchecked": ("train.py", "    if not state.train_tokens:\n", "    if False:\n"),
+    "skipped-step-reported-applied": ("optim.py", "return self.scale >= before", "return True"),
     "scaler-state-not-restored": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
                                   "self.scaler.load_state_dict(None)"),
 }
