@@ -148,6 +148,8 @@ MUTANTS = {
                                              "return self.size > 1"),
     "all-skipped-epoch-unchecked": ("train.py", "    if not state.train_tokens:\n", "    if False:\n"),
     "skipped-step-reported-applied": ("optim.py", "return self.scale >= before", "return True"),
+    "resume-needs-a-scaler-entry": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
+                                    'self.scaler.load_state_dict(ckpt["scaler"])'),
     "scaler-state-not-restored": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
                                   "self.scaler.load_state_dict(None)"),
 }

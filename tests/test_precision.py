@@ -222,3 +222,15 @@ def test_the_scaler_state_is_saved_and_a_resume_continues_exactly(corpus_dir, tm
     assert_same_weights(weights(stopped), weights(straight))
     assert torch.load(stopped / "last.pt", weights_only=True)["scaler"] == \
         torch.load(straight / "last.pt", weights_only=True)["scaler"]
+
+
+def test_a_run_saved_before_fp16_resumes(trained_run, tmp_path):
+    """last.pt as written before loss scaling existed: no "scaler" entry, no skipped_rows."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    del ckpt["scaler"], ckpt["state"]["skipped_rows"]
+    torch.save(ckpt, run / "last.pt")
+    assert train.main(["--resume", str(run), "--epochs", "5"]) == 0
+    assert metrics(run)[-1]["epoch"] == 5
