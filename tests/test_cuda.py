@@ -180,12 +180,11 @@ def test_sampling_on_cuda_draws_the_cpus_sample(cpu_runs, capsys):
     assert samples[0] == samples[1] and len(samples[1].split()) > 10
 
 
-def test_one_process_under_torchrun_trains_through_nccl(corpus_dir, tmp_path, monkeypatch):
+def test_one_process_under_torchrun_trains_through_nccl(corpus_dir, tmp_path):
     """torchrun --nproc-per-node 1 on CUDA: the process group is NCCL's (train.py's only backend
     for CUDA), DistributedDataParallel averages over it, and the run equals plain python's to the
     fp32 tolerance."""
     args = ["--data", str(corpus_dir), *on_cuda(TINY), "--epochs", "1"]
-    monkeypatch.setenv("LM_DATA_CACHE", str(tmp_path / "cache"))
     assert train.main([*args, "--save", str(tmp_path / "plain")]) == 0
     torchrun([*args, "--save", tmp_path / "nccl"], tmp_path, processes=1)
     ckpt = torch.load(tmp_path / "nccl" / "last.pt", weights_only=True)
