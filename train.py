@@ -297,10 +297,8 @@ def train_epoch(run, requested):
         factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0
         step = train_step(run.net, x, y, run.hidden, run.optimizer, cfg, factor, workspace, run.scaler)
         run.hidden = step.hidden
-        # A step that fp16's loss scaling skipped counts nowhere: not in the average, nor in the
-        # batch count and rows that --max-batches and the lr schedules read, nor in the training
-        # loss. Its rows are used up all the same (position advances past them, and the recurrent
-        # state continues from its forward pass): the data moves on, the training does not.
+        # A step that fp16's loss scaling skipped counts nowhere (average, batches and rows that the
+        # schedules read, loss sums), but its rows are used up: the data moves on, training does not.
         if step.applied:
             run.averaging.after_step(model)
         counted = y.numel() if step.applied else 0
