@@ -37,8 +37,9 @@ import train
 from config import base_defaults, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
 from evaluate import eval_window, score_batch
-from kernels import DTYPES, LSTM_KERNELS, Workspace, keep_freed_memory
+from kernels import DTYPES, HALF, LSTM_KERNELS, Workspace, keep_freed_memory
 from model import LanguageModel, LMOutput, build_model
+from optim import LossScaler
 
 WT2_VOCAB = 33_278
 CONFIGS = {
@@ -147,7 +148,7 @@ def peak_memory_mb(device):
 
 def matmul_speed(device, dtype, m, k, n, reps=5):
     """Median FLOP/s of an (m, k) x (k, n) matmul in dtype on device."""
-    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    torch_dtype = HALF.get(dtype, torch.float32)
     a = torch.randn(m, k, device=device).to(torch_dtype)
     b = torch.randn(k, n, device=device).to(torch_dtype)
     a @ b
@@ -211,6 +212,7 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
     torch.manual_seed(0)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = LossScaler(device.type, enabled=cfg["dtype"] == "fp16")  # as train.py runs fp16
     results = {}
     phases = (("train", cfg["batch_size"], cfg["bptt"], steps),
               ("eval", cfg["eval_batch_size"], eval_window(cfg["eval_batch_size"]), eval_steps))
@@ -223,7 +225,7 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
             x, y = get_batch(source, (i % nwin) * bptt, bptt)
             if phase == "train":
                 state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg,
-                                                   workspace=state["workspace"]).hidden
+                                                   workspace=state["workspace"], scaler=scaler).hidden
             else:
                 state["hidden"] = score_batch(model, x, y, state["hidden"], cfg["dtype"], state["workspace"])[2]
 

@@ -104,10 +104,11 @@ def has_run(run_dir):
     return (Path(run_dir) / LAST).is_file()
 
 
-def build_checkpoint(model, optimizer, cfg, corpus, state, averaging, hidden=None, rng=None):
+def build_checkpoint(model, optimizer, cfg, corpus, state, averaging, hidden=None, rng=None, scaler=None):
     """Everything --resume needs, as plain data. state and averaging are plain dicts (the
     training state and the NT-ASGD state); hidden is the recurrent state that the next batch
-    continues from (mid-epoch only); rng holds the random generators' states."""
+    continues from (mid-epoch only); rng holds the random generators' states; scaler is fp16's
+    loss-scaler state (None without fp16; checkpoints saved before fp16 have no such key)."""
     return {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -122,6 +123,7 @@ def build_checkpoint(model, optimizer, cfg, corpus, state, averaging, hidden=Non
         "data_fingerprint": corpus.fingerprint,
         "hidden": hidden,
         "rng": rng,
+        "scaler": scaler,
     }
 
 

@@ -15,12 +15,10 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
 import cli
 from checkpoint import BEST, LAST, load_checkpoint
 from data import LEVELS
-from kernels import DTYPES, LSTM_KERNELS, bf16_is_fast, bf16_problem
+from kernels import DTYPES, LSTM_KERNELS, default_dtype, dtype_problem
 from model import MODEL_TYPES, AWDConfig, ModelConfig
 
 
@@ -214,10 +212,11 @@ def add_optimization_flags(g):
 
 def add_run_flags(g):
     add(g, "seed", "random seed", type=int)
-    add(g, "device", "cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    add(g, "dtype", "training precision: fp32, or bf16 autocast with fp32 master weights (default: bf16 "
-                    "where the device runs it natively, i.e. CUDA with bf16 or a CPU with AVX512-BF16/AMX, "
-                    "else fp32)", choices=DTYPES)
+    add(g, "device", f"{cli.DEVICES} (default: cuda if available, else cpu)")
+    add(g, "dtype", "training precision: fp32, or bf16 or fp16 autocast with fp32 master weights; fp16 "
+                    "scales the loss (torch.amp.GradScaler) and skips steps whose gradients overflow. "
+                    "Default: bf16 where the device runs it natively (CUDA compute capability 8.0+, a CPU "
+                    "with AVX512-BF16/AMX), fp16 on older CUDA GPUs (T4, V100), else fp32", choices=DTYPES)
     add(g, "val_dtype", "precision of the validation pass that picks model.pt, triggers NT-ASGD and "
                         "stops fine-tuning; fp32 agrees with evaluate.py's default", choices=DTYPES)
     add(g, "lstm_kernel", "how AWD-LSTM's layers run: fused (torch.lstm: oneDNN, cuDNN), own (our "
@@ -244,10 +243,6 @@ def add_run_flags(g):
         action=argparse.BooleanOptionalAction)
 
 
-def default_dtype(device):
-    return "bf16" if bf16_is_fast(device) else "fp32"
-
-
 def fill_defaults(given):
     """Defaults < AWD-LSTM defaults (for awd-lstm) < character defaults (for --level char) <
     preset < explicit flags."""
@@ -260,11 +255,18 @@ def fill_defaults(given):
     if cfg["schedule"] is None:
         cfg["schedule"] = "constant" if cfg["optimizer"] == "nt-asgd" else "plateau"
     if cfg["device"] is None:
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg["device"] = cli.default_device()
+    check_device(cfg["device"])
     if cfg["dtype"] is None:
         cfg["dtype"] = default_dtype(cfg["device"])
     cfg["finetune"] = None
     return cfg
+
+
+def check_device(device):
+    problem = device and cli.device_problem(device)  # None: not resolved yet (DEFAULTS)
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_config(cfg, given):
@@ -294,8 +296,9 @@ def check_config(cfg, given):
     if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":
         raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']} "
                           "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
+    check_device(cfg["device"])
     for key in ("dtype", "val_dtype"):
-        problem = bf16_problem(cfg["device"], cfg[key])
+        problem = cfg[key] and dtype_problem(cfg["device"], cfg[key])
         if problem:
             raise ConfigError(f"{flag(key)} {cfg[key]}: {problem}")
     if not 0 <= cfg["warmup"] < 1:

@@ -3,7 +3,8 @@ the few collective operations that keep the processes' decisions identical.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
 Without them train.py is one process, World().active is False, and every function here returns
-its input without communicating. With them, the gradients are averaged by
+its input without communicating. With them (even for one process: torchrun --nproc-per-node 1
+runs the same distributed code, NCCL included, on a single GPU), the gradients are averaged by
 DistributedDataParallel (NCCL on CUDA, gloo on CPU), and everything that could differ between
 processes is decided once for all of them:
 
@@ -37,10 +38,11 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    launched: bool = False  # started by torchrun (WORLD_SIZE is set), even as its only process
 
     @property
     def active(self):
-        return self.size > 1
+        return self.size > 1 or self.launched
 
     @property
     def main(self):
@@ -60,7 +62,7 @@ def world_from_env(env=None):
         local_size = int(env.get("LOCAL_WORLD_SIZE", size))
     except ValueError as e:
         raise DistributedError(f"bad torchrun environment: {e}") from None
-    return World(rank, size, local_rank, local_size)
+    return World(rank, size, local_rank, local_size, launched="WORLD_SIZE" in env)
 
 
 def setup(world, device_type, timeout_s):

@@ -38,7 +38,7 @@ from dyneval import (
     statistics,
 )
 from dyneval import check_settings as check_dynamic
-from kernels import DTYPES, Workspace, autocast, bf16_problem
+from kernels import DTYPES, Workspace, autocast
 
 
 class Scores(NamedTuple):
@@ -114,10 +114,11 @@ def get_parser():
                         "call, i.e. that many rows at batch 1)")
     p.add_argument("--data", default=None,
                    help="corpus to score, a hub name or folder (default: the one the run trained on)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", default=None, help=f"{cli.DEVICES} (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32",
-                   help="fp32, or bf16 autocast (faster where the hardware has bf16; its logits are "
-                        "rounded to bf16, so the loss can differ in the 3rd-4th digit) (default: fp32)")
+                   help="fp32, or bf16 or fp16 autocast (faster where the hardware has it; its logits are "
+                        "rounded, so the loss can differ in the 3rd-4th digit); fp16 is for CUDA GPUs and not "
+                        "for --dynamic-eval, whose gradients it would flush to zero (default: fp32)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to FILE as JSON")
     known = "; ".join(f"{name}: window {c.window}, theta {c.theta}, lambda {c.lam}"
                       for name, c in CACHE_DEFAULTS.items())
@@ -220,10 +221,10 @@ class Job(NamedTuple):
 
 def prepare(args):
     """Load and check everything main() needs, with one-line errors (DataError, CheckpointError)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    problem = bf16_problem(device, args.dtype)
+    device = args.device or cli.default_device()
+    problem = cli.device_problem(device, args.dtype, unscaled_backward=args.dynamic_eval)
     if problem:
-        raise DataError(f"--dtype {args.dtype}: {problem}")
+        raise DataError(problem)
     model, ckpt = load_model(args.run, device)
     level, data = checkpoint_level(ckpt), args.data or ckpt["data"]
     corpus = load_corpus(data, level)

@@ -100,7 +100,7 @@ def get_parser():
     p.add_argument("--top-p", type=float, default=1.0,
                    help="sample only among the likeliest tokens whose mass reaches p (default: 1, off)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible samples (default: random)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--device", default="cpu", help=f"{cli.DEVICES} (default: cpu)")
     return p
 
 
@@ -111,6 +111,10 @@ def main(argv=None):
         parser.error(f"--temperature must be > 0 and finite, got {args.temperature}")
     if (args.length or 0) < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
         parser.error("--words/--chars and --top-k must be >= 0 and --top-p in (0, 1]")
+    problem = cli.device_problem(args.device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         model, ckpt = load_model(args.run, args.device)
         itos = ckpt["vocab"]

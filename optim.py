@@ -4,6 +4,7 @@
   by the non-monotone criterion; evaluation then uses the average.
 - Variable-length BPTT (Section 4.1) and its per-step learning-rate rescaling.
 - Learning-rate schedules for the Adam/AdamW recipe (warm-up, then cosine or one-cycle).
+- fp16's loss scaling, with the steps that it skips reported to the caller.
 """
 import math
 from contextlib import contextmanager, nullcontext
@@ -157,3 +158,54 @@ def planned_progress(epochs_done, epochs, seconds, max_minutes):
     that has run), or of the --max-minutes budget, whichever is further along."""
     by_time = seconds / (60 * max_minutes) if max_minutes else 0.0
     return min(1.0, max(epochs_done / epochs, by_time))
+
+
+class LossScaler:
+    """Loss scaling for fp16 training (torch.amp.GradScaler), off for fp32 and bf16. The loss is
+    multiplied by the scale before backward, so that small gradients do not flush to zero in
+    fp16, and the gradients are divided by it again (unscale) before they are clipped. A step
+    whose gradients hold an inf or a NaN is skipped: the optimizer leaves the weights and its
+    own state as they were, and the scale is halved; after `growth_interval` good steps in a
+    row it is doubled. step() says whether the step was applied, so that the caller counts only
+    the steps that were (optim.Averaging, the lr schedules)."""
+
+    def __init__(self, device_type, enabled, **options):
+        self.scaler = torch.amp.GradScaler(device_type, enabled=enabled, **options)
+        self.scale = None  # the scale after the last update, as read back then
+
+    @property
+    def enabled(self):
+        return self.scaler.is_enabled()
+
+    def backward(self, loss):
+        self.scaler.scale(loss).backward()
+
+    def unscale_(self, optimizer):
+        """Divide the gradients by the scale in place (before clipping)."""
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer):
+        """optimizer.step() unless the gradients overflowed; returns whether it was applied.
+        With scaling on, this reads the new scale back to the host: one sync per step."""
+        if not self.enabled:
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale() if self.scale is None else self.scale
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.scale = self.scaler.get_scale()
+        return self.scale >= before  # update() lowers the scale exactly when it skipped the step
+
+    def state_dict(self):
+        """The scale and its growth counter (plain data), or None when scaling is off."""
+        return self.scaler.state_dict() if self.enabled else None
+
+    def load_state_dict(self, state):
+        """Continue from a saved state; None (a run saved without scaling, or before it existed)
+        starts from the initial scale."""
+        if state and self.enabled:
+            self.scaler.load_state_dict(state)
+            self.scale = None
+
+
+NO_SCALING = LossScaler("cpu", enabled=False)  # train_step's default: fp32 and bf16 steps

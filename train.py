@@ -53,7 +53,7 @@ from model import (
     map_hidden,
     temporal_activation_regularization,
 )
-from optim import Averaging, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
+from optim import NO_SCALING, Averaging, LossScaler, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
 from plot import PlotError, plot_runs
 
 MAX_LOSS = 700.0  # nats per token; e**700 is near the float64 limit, and a loss this large has diverged
@@ -64,7 +64,8 @@ class TrainState:
     """Where training stands; saved in every checkpoint so that --resume is exact."""
     epoch: int = 0  # epochs finished
     position: int = 0  # row of the training source where the next batch starts (0 at epoch start)
-    batches: int = 0  # batches finished in the epoch under way
+    batches: int = 0  # batches finished in the epoch under way (steps applied, see train_epoch)
+    skipped_rows: int = 0  # rows of the epoch under way whose step fp16's loss scaling skipped
     lr: float = 0.0  # base lr of the plateau/constant schedules (annealed by plateau)
     best_val_loss: float = math.inf
     train_loss_sum: float = 0.0  # token-weighted loss of the epoch's batches so far
@@ -104,25 +105,28 @@ class Step(NamedTuple):
     ce: torch.Tensor  # the batch's mean cross-entropy, detached (no host sync)
     loss: torch.Tensor  # what was minimized: ce + AR + TAR, detached
     hidden: object  # the recurrent state for the next batch
+    applied: bool = True  # False when the loss scaler skipped the update (inf/NaN gradients)
 
 
-def train_step(model, x, y, hidden, optimizer, cfg, lr_factor=1.0, workspace=None):
+def train_step(model, x, y, hidden, optimizer, cfg, lr_factor=1.0, workspace=None, scaler=NO_SCALING):
     """One truncated-BPTT update of x, y (seq_len, batch) from `hidden`, with AR on the dropped
     last-layer output and TAR on the raw one, gradient clipping, and the lr scaled by
     lr_factor for this step only. model may be wrapped in DistributedDataParallel, whose
     backward averages the gradients over the processes before they are clipped. A Workspace
-    kept by the caller saves re-allocating the loss's scratch memory."""
+    kept by the caller saves re-allocating the loss's scratch memory. With an fp16 LossScaler
+    the gradients are unscaled before clipping, and a step that overflowed is not applied."""
     with autocast(x.device, cfg["dtype"]):
         ce, out = model(x, detach_hidden(hidden), y, workspace)
         loss = (ce + activation_regularization(out.dropped, cfg["alpha"])
                 + temporal_activation_regularization(out.raw, cfg["beta"]))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler.backward(loss)
+    scaler.unscale_(optimizer)
     if cfg["clip"] > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
     with scaled_lr(optimizer, lr_factor):
-        optimizer.step()
-    return Step(ce.detach(), loss.detach(), out.hidden)
+        applied = scaler.step(optimizer)
+    return Step(ce.detach(), loss.detach(), out.hidden, applied)
 
 
 class Run:
@@ -137,8 +141,6 @@ class Run:
     def __init__(self, cfg, ckpt=None, mode="new", world=ONE_PROCESS):
         self.cfg, self.mode, self.world = cfg, mode, world
         self.device = torch.device(distributed.device(cfg["device"], world))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda, but PyTorch sees no CUDA GPU here; use --device cpu")
         if self.device.type == "cuda" and world.active:
             torch.cuda.set_device(self.device)
         self.corpus = load_corpus(cfg["data"], cfg["level"])
@@ -164,6 +166,7 @@ class Run:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
                                                else None)
         self.optimizer = make_optimizer(self.model, cfg)
+        self.scaler = LossScaler(self.device.type, enabled=cfg["dtype"] == "fp16")
         self.state = TrainState(lr=cfg["lr"])
         finetuning = mode == "finetune" or cfg.get("finetune")  # also when a fine-tuning run resumes
         averaging_mode = ("finetune" if finetuning else "scheduled" if cfg["average_start"] is not None
@@ -184,6 +187,7 @@ class Run:
 
     def restore(self, ckpt, averaging_mode):
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt.get("scaler"))  # absent in runs saved before fp16
         self.state = TrainState(**ckpt["state"])
         self.averaging = Averaging.from_state_dict({"mode": averaging_mode, **ckpt["averaging"]}, self.device)
         if ckpt["hidden"] is not None:
@@ -217,7 +221,8 @@ class Run:
         rng = self.rng_state()
         if self.world.main:
             ckpt = build_checkpoint(self.model, self.optimizer, self.cfg, self.corpus, asdict(self.state),
-                                    self.averaging.state_dict(with_average=last), hidden, rng)
+                                    self.averaging.state_dict(with_average=last), hidden, rng,
+                                    self.scaler.state_dict())
             save_checkpoint(ckpt, self.dir / name)
         if last:
             self.saved_at = time.time()
@@ -251,7 +256,7 @@ class Run:
 
     def progress(self):
         """Fraction of the planned training done, by batches actually run or by time."""
-        part = self.state.position / (self.train_data.size(0) - 1)
+        part = (self.state.position - self.state.skipped_rows) / (self.train_data.size(0) - 1)
         if self.cfg["max_batches"]:
             part = max(part, self.state.batches / self.cfg["max_batches"])
         seconds = self.clock if self.world.active else self.elapsed()
@@ -290,16 +295,21 @@ def train_epoch(run, requested):
         if run.averaging.mode == "scheduled" and not run.averaging.active and run.progress() >= cfg["average_start"]:
             run.averaging.start(model, state.epoch)
         factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0
-        step = train_step(run.net, x, y, run.hidden, run.optimizer, cfg, factor, workspace)
+        step = train_step(run.net, x, y, run.hidden, run.optimizer, cfg, factor, workspace, run.scaler)
         run.hidden = step.hidden
-        run.averaging.after_step(model)
+        # A step that fp16's loss scaling skipped counts nowhere (average, batches and rows that the
+        # schedules read, loss sums), but its rows are used up: the data moves on, training does not.
+        if step.applied:
+            run.averaging.after_step(model)
+        counted = y.numel() if step.applied else 0
         ce_sum, n, (stop_requested, time_up, due), run.clock = distributed.step_sync(
-            run.world, step.ce * y.numel(), y.numel(), (requested(), run.time_up(), run.checkpoint_due()),
-            run.elapsed())
+            run.world, step.ce * counted if counted else torch.zeros_like(step.ce), counted,
+            (requested(), run.time_up(), run.checkpoint_due()), run.elapsed())
         loss_sum += ce_sum
         state.train_tokens += n
         state.position += x.size(0)
-        state.batches += 1
+        state.batches += step.applied
+        state.skipped_rows += 0 if step.applied else x.size(0)
         bar.update(n)
         faults.point("batch")
         stop = stop_requested or time_up
@@ -335,6 +345,9 @@ def checked_mean(loss_sum, state):
 def end_epoch(run, t0, tokens0):
     """Validate, log, update the schedule and NT-ASGD, and save; returns the metrics row."""
     cfg, state, level = run.cfg, run.state, run.corpus.level
+    if not state.train_tokens:
+        raise FloatingPointError(f"every step of epoch {state.epoch + 1} had inf/NaN gradients and was skipped by "
+                                 "fp16's loss scaling; train with --dtype fp32, or bf16 where the hardware has it")
     train_seconds = time.time() - t0
     val = run.validate()
     improved = val.loss < state.best_val_loss
@@ -352,7 +365,7 @@ def end_epoch(run, t0, tokens0):
            "train_tokens_per_s": round((state.train_tokens - tokens0) / train_seconds, 1),
            **({"partial": True} if run.time_up() else {})}
     faults.point("validated")
-    state.epoch, state.position, state.batches = state.epoch + 1, 0, 0
+    state.epoch, state.position, state.batches, state.skipped_rows = state.epoch + 1, 0, 0, 0
     state.train_loss_sum, state.train_tokens = 0.0, 0
     if cfg["schedule"] == "plateau" and not improved:
         state.lr /= cfg["anneal"]

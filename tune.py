@@ -32,7 +32,7 @@ from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_mode
 from data import DataError, batchify, corpus_name, load_corpus
 from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
 from evaluate import evaluate
-from kernels import DTYPES, bf16_problem
+from kernels import DTYPES
 
 CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
               "lam": [0.05, 0.1, 0.1279, 0.2]}
@@ -143,18 +143,19 @@ def get_parser():
                    help="dynamic: training segments for the gradient statistics (default: all)")
     p.add_argument("--dyn-stats", metavar="FILE", default=None,
                    help="dynamic: keep the gradient statistics in FILE for evaluate.py --dyn-stats (default: not kept)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision (default: fp32)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+                   help="precision, as evaluate.py's --dtype; fp16 not for --method dynamic (default: fp32)")
+    p.add_argument("--device", default=None, help=f"{cli.DEVICES} (default: cuda if available, else cpu)")
     return p
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or cli.default_device()
     try:
-        problem = bf16_problem(device, args.dtype)
+        problem = cli.device_problem(device, args.dtype, unscaled_backward=args.method == "dynamic")
         if problem:
-            raise DataError(f"--dtype {args.dtype}: {problem}")
+            raise DataError(problem)
         model, ckpt = load_model(args.run, device)
         corpus = load_corpus(ckpt["data"], checkpoint_level(ckpt))
         check_vocab(corpus, ckpt)

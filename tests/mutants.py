@@ -125,6 +125,33 @@ MUTANTS = {
     "scored-loss-scores-the-softmax": ("kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
                                        "torch.softmax(probs, dim=1, out=probs)\n"
                                        "                    log_likelihood, hits = _score_chunk(probs, log_probs_all"),
+    "bf16-default-on-emulated-gpu": ("kernels.py", "return torch.cuda.is_available() and "
+                                     "torch.cuda.get_device_capability(device) >= (8, 0)",
+                                     "return torch.cuda.is_bf16_supported()"),
+    "fp16-not-the-default-on-older-gpus": ("kernels.py", 'return "fp16" if torch.device(device).type == "cuda" '
+                                           'else "fp32"', 'return "fp32"'),
+    "fp16-allowed-on-cpu": ("kernels.py", 'if dtype == "fp16" and kind != "cuda":', "if False:"),
+    "fp16-allowed-for-unscaled-gradients": ("kernels.py", 'if dtype == "fp16" and unscaled_backward:', "if False:"),
+    "other-accelerators-refused": ("cli.py", "available = current is not None and current.type == kind",
+                                   "available = False"),
+    "clip-before-unscale": ("train.py", '    scaler.unscale_(optimizer)\n    if cfg["clip"] > 0:',
+                            '    if cfg["clip"] > 0:'),
+    "skipped-step-averaged": ("train.py", "        if step.applied:\n            run.averaging.after_step(model)",
+                              "        run.averaging.after_step(model)"),
+    "skipped-step-counted-as-a-batch": ("train.py", "state.batches += step.applied", "state.batches += 1"),
+    "skipped-step-loss-counted": ("train.py", "counted = y.numel() if step.applied else 0", "counted = y.numel()"),
+    "skipped-rows-move-the-schedule": ("train.py", "(self.state.position - self.state.skipped_rows)",
+                                       "(self.state.position)"),
+    "scaler-state-not-saved": ("train.py", "hidden, rng,\n" + " " * 36 + "self.scaler.state_dict())",
+                               "hidden, rng,\n" + " " * 36 + "None)"),
+    "one-process-torchrun-not-distributed": ("distributed.py", "return self.size > 1 or self.launched",
+                                             "return self.size > 1"),
+    "all-skipped-epoch-unchecked": ("train.py", "    if not state.train_tokens:\n", "    if False:\n"),
+    "skipped-step-reported-applied": ("optim.py", "return self.scale >= before", "return True"),
+    "resume-needs-a-scaler-entry": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
+                                    'self.scaler.load_state_dict(ckpt["scaler"])'),
+    "scaler-state-not-restored": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
+                                  "self.scaler.load_state_dict(None)"),
 }
 
 
@@ -149,9 +176,9 @@ def run_mutant(name, path, old, new):
         if text.count(old) != 1:
             return f"edit does not apply ({text.count(old)} matches in {path})"
         target.write_text(text.replace(old, new))
-        # The wiring tests first, where most mutants fail, then the rest of the suite.
+        # The wiring and precision tests first, where most mutants fail, then the rest of the suite.
         files = sorted(str(p.relative_to(tree)) for p in (tree / "tests").glob("test_*.py"))
-        files.sort(key=lambda f: f != "tests/test_wiring.py")
+        files.sort(key=lambda f: f not in ("tests/test_wiring.py", "tests/test_precision.py"))
         # The check that every mutant's text still matches fails on any mutated tree; leave it out.
         skip = ["--deselect", "tests/test_wiring.py::test_every_mutant_still_applies"]
         result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *skip, *files],

@@ -62,8 +62,8 @@ def lstm_calls(monkeypatch):
     return calls
 
 
-def zero_state(batch, hidden):
-    return torch.zeros(1, batch, hidden), torch.zeros(1, batch, hidden)
+def zero_state(batch, hidden, device="cpu"):
+    return torch.zeros(1, batch, hidden, device=device), torch.zeros(1, batch, hidden, device=device)
 
 
 def test_weight_drop_is_identity_in_eval_and_matches_nn_lstm():
@@ -117,8 +117,8 @@ def test_two_forwards_draw_different_weight_drop_masks(lstm_calls):
     assert not torch.equal(lstm_calls[0][1] == 0, lstm_calls[1][1] == 0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_weight_drop_runs_fused_cudnn_without_weight_warnings(dtype):
     layer = WeightDropLSTM(64, 128, weight_drop=0.5).cuda().train()
     with autocast("cuda", dtype):
@@ -130,7 +130,7 @@ def test_weight_drop_runs_fused_cudnn_without_weight_warnings(dtype):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with autocast("cuda", dtype):
-            out, _ = layer(torch.randn(50, 8, 64, device="cuda"), zero_state(8, 128))
+            out, _ = layer(torch.randn(50, 8, 64, device="cuda"), zero_state(8, 128, "cuda"))
         out.float().sum().backward()
         torch.cuda.synchronize()
     assert not [w for w in caught if "contiguous" in str(w.message) or "flatten" in str(w.message)]

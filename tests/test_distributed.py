@@ -33,13 +33,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(args, tmp_path, fault=None):
-    """train.py under the real torchrun with 2 processes; returns its exit code."""
+def torchrun(args, tmp_path, fault=None, processes=2):
+    """train.py under the real torchrun with 2 processes (or `processes`); returns its exit code."""
     env = {**os.environ, "LM_DATA_CACHE": str(tmp_path / "cache")}
     env.pop("LM_FAULT", None)
     if fault:
         env["LM_FAULT"] = fault
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"localhost:{free_port()}", str(ROOT / "train.py"), *map(str, args)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     if fault is None:
@@ -92,6 +92,26 @@ def test_two_processes_equal_one_for_the_baseline(tmp_path, monkeypatch):
     single([*args, "--save", tmp_path / "one"], tmp_path, monkeypatch)
     torchrun([*args, "--save", tmp_path / "two"], tmp_path)
     assert_close_runs(tmp_path / "one", tmp_path / "two")
+
+
+def test_torchrun_makes_a_distributed_world_even_of_one_process():
+    world = train.distributed.world_from_env
+    assert world({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}).active
+    assert world({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}).active
+    assert not world({}).active  # plain python
+
+
+@pytest.mark.slow
+def test_one_process_under_torchrun_runs_the_distributed_code_and_equals_plain_python(tmp_path, monkeypatch):
+    """torchrun --nproc-per-node 1, as on a machine with one GPU, goes through the process group,
+    DistributedDataParallel and the per-step all-reduce (its checkpoint keeps every rank's random
+    state, which only the distributed code does), and trains the same run as plain python."""
+    data = write_corpus(tmp_path / "corpus")
+    args = ["--data", data, *TINY, "--dropout", "0.3", "--epochs", "1"]
+    single([*args, "--save", tmp_path / "plain"], tmp_path, monkeypatch)
+    torchrun([*args, "--save", tmp_path / "one"], tmp_path, processes=1)
+    assert "ranks" in torch.load(tmp_path / "one" / "last.pt", weights_only=True)["rng"]
+    assert_close_runs(tmp_path / "plain", tmp_path / "one")
 
 
 @pytest.mark.slow
