@@ -169,8 +169,8 @@ def what_to_do(path):
         return (f"restore it from a backup, or evaluate and sample from the run's latest weights instead: "
                 f"pass {path.with_name(LAST)}")
     if path.name == LAST:
-        return (f"restore it from a backup, or start a new run from the run's best weights, "
-                f"{path.with_name(BEST)} (evaluate.py and generate.py read that one)")
+        return (f"restore it from a backup; the run's best weights, {path.with_name(BEST)}, are a separate "
+                "file that evaluate.py and generate.py read and train.py --finetune starts from")
     return "restore it from a backup, or use another checkpoint of the run"
 
 
