@@ -105,18 +105,18 @@ def write_table(rows, out, header):
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="corpus folder with train.txt/valid.txt/test.txt")
-    p.add_argument("--train-lines", type=int, default=None,
+    p.add_argument("--train-lines", type=cli.count, default=None,
                    help="train on only the first N lines of the training split (default: all)")
-    p.add_argument("--eval-lines", type=int, default=None,
+    p.add_argument("--eval-lines", type=cli.count, default=None,
                    help="validate and test on only the first N lines of those splits (default: all)")
-    p.add_argument("--emsize", type=int, default=100, help="embedding size (default: 100)")
-    p.add_argument("--nhid", type=int, default=300, help="hidden units of the inner layers (default: 300)")
-    p.add_argument("--nlayers", type=int, default=3, help="LSTM layers (default: 3)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per rung (default: 4)")
-    p.add_argument("--batch-size", type=int, default=40, help="training batch size (default: 40)")
-    p.add_argument("--bptt", type=int, default=35, help="BPTT length (default: 35)")
+    p.add_argument("--emsize", type=cli.count, default=100, help="embedding size (default: 100)")
+    p.add_argument("--nhid", type=cli.count, default=300, help="hidden units of the inner layers (default: 300)")
+    p.add_argument("--nlayers", type=cli.count, default=3, help="LSTM layers (default: 3)")
+    p.add_argument("--epochs", type=cli.count, default=4, help="epochs per rung (default: 4)")
+    p.add_argument("--batch-size", type=cli.count, default=40, help="training batch size (default: 40)")
+    p.add_argument("--bptt", type=cli.count, default=35, help="BPTT length (default: 35)")
     p.add_argument("--lr", type=float, default=30.0, help="learning rate of every rung, SGD or NT-ASGD (default: 30)")
-    p.add_argument("--eval-batch-size", type=int, default=10,
+    p.add_argument("--eval-batch-size", type=cli.count, default=10,
                    help="batch size of the final valid/test scoring (default: 10)")
     p.add_argument("--rungs", default=None,
                    help="comma-separated rung names to run (default: all): " + ", ".join(n for n, _ in RUNGS))
@@ -129,6 +129,9 @@ def main(argv=None):
         extra = extra[1:]
     if extra and not extra[0].startswith("--"):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
+    problem = cli.folder_problem(args.out, "--out") or cli.folder_problem(args.runs, "--runs")
+    if problem:
+        p.error(problem)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     subset = args.train_lines or args.eval_lines

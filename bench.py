@@ -313,13 +313,13 @@ def get_parser():
                         "random tokens if it cannot be loaded)")
     p.add_argument("--dtype", choices=DTYPES, nargs="+", default=["fp32"],
                    help="precisions to time, in this order, in one process (default: fp32)")
-    p.add_argument("--steps", type=int, default=30, help="training batches per timed window (default: 30)")
-    p.add_argument("--eval-steps", type=int, default=3,
+    p.add_argument("--steps", type=cli.count, default=30, help="training batches per timed window (default: 30)")
+    p.add_argument("--eval-steps", type=cli.count, default=3,
                    help="evaluation calls (of evaluate.EVAL_TOKENS tokens each) per timed window (default: 3)")
-    p.add_argument("--windows", type=int, default=5, help="timed windows; the median is reported (default: 5)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
+    p.add_argument("--windows", type=cli.count, default=5, help="timed windows; the median is reported (default: 5)")
+    p.add_argument("--warmup", type=cli.count_or_zero, default=5, help="untimed batches first; 0: none (default: 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=cli.count, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (ours and plain), compiled before the warm-up")
     p.add_argument("--lstm-kernel", choices=LSTM_KERNELS, default="auto",
@@ -376,6 +376,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.lstm_kernel != "auto" and "preset" not in CONFIGS[args.config]:
         parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
+    for flag, path in (("--json", args.json), ("--profile", args.profile)):
+        if path and cli.file_problem(path, flag):
+            parser.error(cli.file_problem(path, flag))
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train.py does

@@ -71,12 +71,14 @@ def time_layer(steps, batch, inputs, hidden, reps, device, dtype, forward_only=F
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="compute precision (default: bf16)")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per shape (default: 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--reps", type=cli.count, default=5, help="timed repetitions per shape (default: 5)")
+    p.add_argument("--threads", type=cli.count, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--forward-only", action="store_true",
                    help="time the forward alone, without gradients, at evaluation's shapes")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
     args = p.parse_args(argv)
+    if args.json and cli.file_problem(args.json, "--json"):
+        p.error(cli.file_problem(args.json, "--json"))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

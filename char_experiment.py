@@ -135,23 +135,29 @@ def get_parser():
     p.add_argument("--only", nargs="*", choices=RUNS, default=list(RUNS),
                    help="runs to train and score, in order (default: all); with no names, only the "
                         "report is rebuilt")
-    p.add_argument("--epochs", type=int, default=25, help="epochs of the 4x128 RNN and LSTM (default: 25)")
-    p.add_argument("--long-epochs", type=int, default=60,
+    p.add_argument("--epochs", type=cli.count, default=25, help="epochs of the 4x128 RNN and LSTM (default: 25)")
+    p.add_argument("--long-epochs", type=cli.count, default=60,
                    help="epochs that rnn-128x4-long and lstm-128x4-long continue their run to (default: 60)")
-    p.add_argument("--best-epochs", type=int, default=40, help="epoch cap of the best run (default: 40)")
+    p.add_argument("--best-epochs", type=cli.count, default=40, help="epoch cap of the best run (default: 40)")
     p.add_argument("--best-minutes", type=float, default=55,
                    help="training-time budget of each best run (default: 55)")
-    p.add_argument("--cosine-epochs", type=int, default=16,
+    p.add_argument("--cosine-epochs", type=cli.count, default=16,
                    help="epochs of best-cosine, whose lr reaches 0 at the last (default: 16)")
     p.add_argument("--seed", type=int, default=1111, help="seed of every run (default: 1111)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=cli.count, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--runs", default="checkpoints", help="where the run directories go (default: checkpoints)")
     p.add_argument("--out", default="results/char", help="where results go (default: results/char)")
     return p
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    problem = cli.folder_problem(args.runs, "--runs") or cli.folder_problem(args.out, "--out")
+    if not args.best_minutes > 0:
+        problem = f"--best-minutes must be positive, got {args.best_minutes}"
+    if problem:
+        parser.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
     runs_dir, out = Path(args.runs), Path(args.out)

@@ -1,10 +1,12 @@
 """What every script shares at its command line: argparse, except that a usage error is one
-line, "error: <what is wrong> (see --help)", with exit code 2, like every other refusal here; and
-the one-line reason quoted from an exception in such a refusal; the --device values and their
-check; and how a long loop stops on Ctrl-C or SIGTERM with its work saved."""
+line, "error: <what is wrong> (see --help)", with exit code 2, like every other refusal here; the
+checks of count and path arguments; the one-line reason quoted from an exception in such a
+refusal; the --device values and their check; and how a long loop stops on Ctrl-C or SIGTERM
+with its work saved."""
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
@@ -17,6 +19,56 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def count(text):
+    """argparse type of a count flag (words, steps, windows, epochs...): an int of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def count_or_zero(text):
+    """argparse type of a count flag whose help says what 0 means: an int of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+count.__name__ = count_or_zero.__name__ = "int"  # argparse names the type in its message for a non-integer
+
+
+def existing_ancestor(path):
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def folder_problem(path, flag):
+    """Why `path` cannot be a folder that this script writes into (creating it and its
+    parents where missing), as one line, or None."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path} is a file, not a folder"
+    ancestor = existing_ancestor(path)
+    if not ancestor.is_dir():
+        return f"{flag} {path}: {ancestor} is a file, not a folder"
+    return None
+
+
+def file_problem(path, flag):
+    """Why `path` cannot be a file that this script writes (its folder must exist), as one line,
+    or None. Checked before the work whose result goes there."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{flag} {path} is a folder, not a file"
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist; create it first"
+        return f"{flag} {path}: the folder {path.parent} {what}"
+    return None
 
 
 def first_line(exc, limit=200):

@@ -225,7 +225,8 @@ def add_run_flags(g):
         choices=LSTM_KERNELS)
     add(g, "dist_timeout", "under torchrun: seconds a process waits for the others, at the rendezvous and at "
                            "every collective, before it gives up with an error", type=float)
-    add(g, "save", "run directory (default: checkpoints/<data>-<model>-<time>; <run>-finetune with --finetune)")
+    add(g, "save", "run directory, made with its parents where missing (default: checkpoints/<data>-<model>-<time>; "
+                   "<run>-finetune with --finetune)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last.pt; its saved config is used, and only "
                         f"{', '.join(flag(k) for k in sorted(RESUMABLE))} may be changed")
@@ -362,6 +363,10 @@ def resolve_config(argv=None, description=None):
     if resume and finetune:
         raise ConfigError("--resume and --finetune exclude each other (a fine-tuning run is "
                           "resumed with --resume like any run)")
+    for flag_name, run in (("--resume", resume), ("--finetune", finetune)):
+        if run and Path(run).is_file():
+            raise ConfigError(f"{flag_name} takes a run directory, and {run} is a file; pass its folder, "
+                              f"{Path(run).parent}")
     if resume:
         ckpt = load_checkpoint(resume, LAST)
         return resume_config(given, ckpt["train_config"], resume), ckpt, "resume"

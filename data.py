@@ -17,7 +17,6 @@ contiguous splits (split_text). All routes tokenize the same way:
 import gzip
 import hashlib
 import os
-import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 import torch
 
 import cli
+from checkpoint import CheckpointError, load_file, save_file  # checkpoint.py knows the file formats
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -156,19 +156,18 @@ def _load_cached(fingerprint, source, level):
     if not path.exists():
         return None
     try:
-        d = torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
-        return None  # a damaged cache entry is rebuilt
-    return Corpus(d["itos"], d["train"], d["valid"], d["test"], source, fingerprint, level)
+        d, verified = load_file(path, "the corpus cache", "it is rebuilt")
+        if verified:  # an entry without a digest, from before it existed, is rebuilt too
+            return Corpus(d["itos"], d["train"], d["valid"], d["test"], source, fingerprint, level)
+    except (CheckpointError, KeyError, TypeError):
+        pass  # a damaged cache entry is rebuilt
+    return None
 
 
 def _store_cached(corpus):
     path = cache_dir() / f"{corpus.fingerprint}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"itos": corpus.itos, "train": corpus.train, "valid": corpus.valid,
-                "test": corpus.test}, tmp)
-    os.replace(tmp, path)
+    save_file({"itos": corpus.itos, "train": corpus.train, "valid": corpus.valid, "test": corpus.test}, path)
 
 
 def split_paths(folder):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import cli
 import faults
-from checkpoint import CheckpointError, write_atomically
+from checkpoint import CheckpointError, load_file, save_file, unverified_notice
 from data import DataError, get_batch
 from kernels import Workspace, autocast
 from model import detach_hidden, map_hidden
@@ -128,18 +128,21 @@ def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=Fal
     key = {"weights": _digest(p for _, p in sorted(model.named_parameters())), "data": _digest([source]),
            "bptt": bptt, "stat_batches": max_batches, "dtype": dtype}
     if path.exists():
+        what, advice = "gradient statistics from", "delete it, and they are computed again"
+        saved, verified = load_file(path, what, advice, map_location=source.device)
         try:
-            saved = torch.load(path, map_location=source.device, weights_only=True)
             saved_key, ms = saved["key"], saved["ms"]
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-            raise CheckpointError(f"cannot read gradient statistics from {path}: {cli.first_line(e)}") from None
+        except Exception as e:  # noqa: BLE001 - any file of another shape gets the same one-line error
+            raise CheckpointError(f"cannot read {what} {path}: {cli.first_line(e)}; {advice}") from None
         differ = [k for k in key if saved_key.get(k) != key[k]]
         if saved.get("format") != STATS_FORMAT or differ:
             raise DataError(f"{path} holds gradient statistics of other {', '.join(differ) or 'format'}; give "
                             "--dyn-stats another path or delete the file")
+        if not verified:
+            unverified_notice(path)
         return ms
     ms = gradient_statistics(model, source, bptt, max_batches, dtype, progress)
-    write_atomically(path, lambda f: torch.save({"format": STATS_FORMAT, "key": key, "ms": ms}, f))
+    save_file({"format": STATS_FORMAT, "key": key, "ms": ms}, path)
     return ms
 
 
@@ -280,15 +283,18 @@ class PassFile:
     def _load(self):
         if not self.path.exists():
             return None
+        what, advice = "the saved pass", "delete it to start the pass over"
+        saved, verified = load_file(self.path, what, advice)
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
             saved_key = saved["key"]
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-            raise CheckpointError(f"cannot read the saved pass {self.path}: {cli.first_line(e)}") from None
+        except Exception as e:  # noqa: BLE001 - any file of another shape gets the same one-line error
+            raise CheckpointError(f"cannot read {what} {self.path}: {cli.first_line(e)}; {advice}") from None
         differ = [k for k in self.key if saved_key.get(k) != self.key[k]]
         if saved.get("format") != PASS_FORMAT or differ:
             raise DataError(f"{self.path} holds a pass with other {', '.join(differ) or 'format'}; give "
                             "--dyn-checkpoint another path or delete the file")
+        if not verified:
+            unverified_notice(self.path)
         return saved
 
     def due(self):
@@ -296,8 +302,7 @@ class PassFile:
 
     def save(self, state):
         seconds = self.earlier_seconds + time.time() - self.started
-        write_atomically(self.path, lambda f: torch.save(
-            {"format": PASS_FORMAT, "key": self.key, "seconds": seconds, **state}, f))
+        save_file({"format": PASS_FORMAT, "key": self.key, "seconds": seconds, **state}, self.path)
         self.saved_at = time.time()
 
     def finish(self):

@@ -222,6 +222,15 @@ class Job(NamedTuple):
 def prepare(args):
     """Load and check everything main() needs, with one-line errors (DataError, CheckpointError)."""
     device = args.device or cli.default_device()
+    counts = {"--dyn-bptt": args.dyn_bptt, "--dyn-stat-batches": args.dyn_stat_batches,
+              "--cache-window": args.cache_window}
+    for flag, value in counts.items():
+        if value is not None and value < 1:  # refused with or without --dynamic-eval or --cache
+            raise DataError(f"{flag} must be at least 1, got {value}")
+    outputs = {"--json": args.json, "--dyn-stats": args.dyn_stats, "--dyn-checkpoint": args.dyn_checkpoint}
+    for flag, path in outputs.items():
+        if path and cli.file_problem(path, flag):  # checked before the scoring whose result goes there
+            raise DataError(cli.file_problem(path, flag))
     problem = cli.device_problem(device, args.dtype, unscaled_backward=args.dynamic_eval)
     if problem:
         raise DataError(problem)

@@ -89,7 +89,7 @@ def encode_prompt(prompt, stoi):
 def get_parser():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory written by train.py (or a checkpoint file in it)")
-    p.add_argument("--words", "--chars", dest="length", type=int, default=None,
+    p.add_argument("--words", "--chars", dest="length", type=cli.count, default=None,
                    help="number of tokens to sample, whichever of the two names is used: words for a "
                         "word-level run, characters for a character-level one (default: 100 words or "
                         "500 characters)")
@@ -109,8 +109,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 < args.temperature < math.inf:
         parser.error(f"--temperature must be > 0 and finite, got {args.temperature}")
-    if (args.length or 0) < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
-        parser.error("--words/--chars and --top-k must be >= 0 and --top-p in (0, 1]")
+    if args.top_k < 0 or not 0 < args.top_p <= 1:
+        parser.error("--top-k must be >= 0 and --top-p in (0, 1]")
     problem = cli.device_problem(args.device)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

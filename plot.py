@@ -27,7 +27,10 @@ def read_metrics(run):
     path = Path(run) / METRICS
     if not path.is_file():
         raise PlotError(f"{run} has no {METRICS}: is it a run directory made by train.py?")
-    rows = checkpoint.read_metrics(run)
+    try:
+        rows = checkpoint.read_metrics(run)
+    except checkpoint.CheckpointError as e:
+        raise PlotError(str(e)) from None
     if not rows:
         raise PlotError(f"{path} is empty: the run has not finished an epoch yet")
     return rows
@@ -51,6 +54,10 @@ def plot_runs(runs, out, labels=None, title=None, x="epoch", ppl=False):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    problem = (f"-o {out} is a folder, not a file" if Path(out).is_dir()
+               else cli.folder_problem(Path(out).parent, f"-o {out}: its folder"))
+    if problem:
+        raise PlotError(problem)
     labels = labels or [Path(r).name for r in runs]
     if len(labels) != len(runs):
         raise PlotError(f"{len(labels)} labels for {len(runs)} runs")

@@ -36,9 +36,10 @@ from checkpoint import (
     build_checkpoint,
     check_vocab,
     has_run,
+    kept_metrics,
     save_checkpoint,
-    truncate_metrics,
     write_config,
+    write_metrics,
 )
 from config import ConfigError, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
@@ -55,6 +56,7 @@ from model import (
 )
 from optim import NO_SCALING, Averaging, LossScaler, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
 from plot import PlotError, plot_runs
+from runlock import RunLock
 
 MAX_LOSS = 700.0  # nats per token; e**700 is near the float64 limit, and a loss this large has diverged
 
@@ -136,15 +138,20 @@ class Run:
 
     Under torchrun (world.active) each process holds its columns of the training batch and its
     own recurrent state and dropout masks; `net` is the model wrapped in DistributedDataParallel
-    for the training steps, `model` the plain one that is evaluated, averaged and saved."""
+    for the training steps, `model` the plain one that is evaluated, averaged and saved.
 
-    def __init__(self, cfg, ckpt=None, mode="new", world=ONE_PROCESS):
+    Every check that can refuse comes before the first write into the run directory (start_writing):
+    a refused command leaves the directory as it was."""
+
+    def __init__(self, cfg, ckpt=None, mode="new", world=ONE_PROCESS, lock=None):
         self.cfg, self.mode, self.world = cfg, mode, world
+        self.dir, self.lock = Path(cfg["save"]), lock or RunLock(cfg["save"], enabled=False)
+        if cli.folder_problem(self.dir, "--save"):
+            raise ConfigError(cli.folder_problem(self.dir, "--save"))
         self.device = torch.device(distributed.device(cfg["device"], world))
         if self.device.type == "cuda" and world.active:
             torch.cuda.set_device(self.device)
         self.corpus = load_corpus(cfg["data"], cfg["level"])
-        self.dir = Path(cfg["save"])
         if mode != "resume" and has_run(self.dir):
             raise ConfigError(f"{self.dir} already holds a run: pass --resume {self.dir} to continue "
                               "it, or choose another --save")
@@ -180,10 +187,34 @@ class Run:
             self.restore(ckpt, averaging_mode)
         self.train_data = distributed.columns(batchify(self.corpus.train, cfg["batch_size"], self.device), world)
         self.val_data = batchify(self.corpus.valid, cfg["eval_batch_size"], self.device)
-        if world.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.start_writing()
         self.mark = self.saved_at = time.time()  # state.seconds counts up to mark
         self.clock = self.state.seconds  # under torchrun: rank 0's training time at the last step
+
+    def start_writing(self):
+        """Rank 0, once the other checks have passed: the run's lock and metrics.jsonl are checked,
+        then the directory is made, the lock taken and config.json and metrics.jsonl (cut back to
+        the checkpoint) written. Under torchrun the other processes share a refusal here rather than
+        wait for rank 0 until --dist-timeout."""
+        problem = None
+        if self.world.main:
+            try:
+                self.lock.check()
+                metrics, note = kept_metrics(self.dir, self.state.epoch)
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
+                write_config(self.dir, self.cfg)
+                if metrics is not None:
+                    write_metrics(self.dir, metrics)
+                if note:
+                    print(note, file=sys.stderr)
+            except OSError as e:  # from mkdir
+                problem = f"cannot make the run directory {self.dir}: {e.strerror or e}"
+            except CheckpointError as e:
+                problem = str(e)
+        (problem,) = distributed.from_main(self.world, [problem])
+        if problem:
+            raise ConfigError(problem)
 
     def restore(self, ckpt, averaging_mode):
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
@@ -391,12 +422,10 @@ def end_epoch(run, t0, tokens0):
     return row
 
 
-def fit(cfg, ckpt=None, mode="new", world=ONE_PROCESS):
-    """Train according to cfg; returns 0 when finished and 130 when stopped by Ctrl-C."""
-    run = Run(cfg, ckpt, mode, world)
-    if world.main:
-        write_config(run.dir, cfg)
-        truncate_metrics(run.dir, run.state.epoch)
+def fit(cfg, ckpt=None, mode="new", world=ONE_PROCESS, lock=None):
+    """Train according to cfg; returns 0 when finished and 130 when stopped by Ctrl-C. lock:
+    the run directory's RunLock, held by the caller (none: no lock)."""
+    run = Run(cfg, ckpt, mode, world, lock)
     nparams = sum(p.numel() for p in run.model.parameters())
     unit = "characters" if run.corpus.level == "char" else "words"
     processes = f" | {world.size} processes" if world.active else ""
@@ -452,7 +481,8 @@ def main(argv=None):
         if world.active and distributed.device(cfg["device"], world) == "cpu":
             torch.set_num_threads(distributed.cpu_threads(world))
         distributed.setup(world, torch.device(cfg["device"]).type, cfg["dist_timeout"])
-        return fit(cfg, ckpt, mode, world)
+        with RunLock(cfg["save"], enabled=world.main) as lock:  # only rank 0 writes
+            return fit(cfg, ckpt, mode, world, lock)
     except (ConfigError, CheckpointError, DataError, FloatingPointError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -109,8 +109,13 @@ class Partial:
 
     def __init__(self, path, job):
         self.path, self.job = Path(path), job
-        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.rows = saved.get("rows", []) if saved.get("job") == job else []
+        saved = {}
+        if self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+            except ValueError:  # JSON or UTF-8: e.g. damaged; it only saves time, so start over
+                print(f"note: {self.path} is unreadable; its settings are scored again", file=sys.stderr)
+        self.rows = saved.get("rows", []) if isinstance(saved, dict) and saved.get("job") == job else []
 
     def done(self):
         return {(r["lr"], r["lam"]): r["val_loss"] for r in self.rows}
@@ -129,17 +134,17 @@ def get_parser():
     p.add_argument("run", help="run directory written by train.py")
     p.add_argument("--method", choices=("cache", "dynamic"), required=True, help="what to tune")
     p.add_argument("--out", default="results", help="folder for the table (default: results)")
-    p.add_argument("--tokens", type=int, default=None,
+    p.add_argument("--tokens", type=cli.count, default=None,
                    help="tune on the first this many tokens of valid (default: all for cache, 30000 for dynamic)")
-    p.add_argument("--windows", type=int, nargs="+", default=CACHE_GRID["window"], help="cache windows to try")
+    p.add_argument("--windows", type=cli.count, nargs="+", default=CACHE_GRID["window"], help="cache windows to try")
     p.add_argument("--thetas", type=float, nargs="+", default=CACHE_GRID["theta"], help="cache thetas to try")
     p.add_argument("--lambdas", type=float, nargs="+", default=None,
                    help=f"cache: lambdas to try (default: {CACHE_GRID['lam']}); dynamic: decay rates to try "
                         f"(default: {DYNAMIC_SCALES} x the corpus's published lambda)")
     p.add_argument("--lrs", type=float, nargs="+", default=None,
                    help=f"dynamic: step sizes to try (default: {DYNAMIC_SCALES} x the published lr)")
-    p.add_argument("--dyn-bptt", type=int, default=5, help="dynamic: tokens per segment (default: 5)")
-    p.add_argument("--dyn-stat-batches", type=int, default=None,
+    p.add_argument("--dyn-bptt", type=cli.count, default=5, help="dynamic: tokens per segment (default: 5)")
+    p.add_argument("--dyn-stat-batches", type=cli.count, default=None,
                    help="dynamic: training segments for the gradient statistics (default: all)")
     p.add_argument("--dyn-stats", metavar="FILE", default=None,
                    help="dynamic: keep the gradient statistics in FILE for evaluate.py --dyn-stats (default: not kept)")
@@ -149,8 +154,24 @@ def get_parser():
     return p
 
 
+def input_problem(args):
+    """Why the paths or grid values cannot work, as one line, or None."""
+    if any(not t > 0 for t in args.thetas):
+        return "--thetas must all be positive"
+    if any(not 0 <= lam <= 1 for lam in args.lambdas or []):
+        return "--lambdas must all be in [0, 1]"
+    if any(not lr >= 0 for lr in args.lrs or []):
+        return "--lrs must not be negative"
+    return (cli.folder_problem(args.out, "--out")
+            or (cli.file_problem(args.dyn_stats, "--dyn-stats") if args.dyn_stats else None))
+
+
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    problem = input_problem(args)
+    if problem:
+        parser.error(problem)
     device = args.device or cli.default_device()
     try:
         problem = cli.device_problem(device, args.dtype, unscaled_backward=args.method == "dynamic")

@@ -152,6 +152,21 @@ MUTANTS = {
                                     'self.scaler.load_state_dict(ckpt["scaler"])'),
     "scaler-state-not-restored": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
                                   "self.scaler.load_state_dict(None)"),
+    "digest-not-checked": ("checkpoint.py", "if sha.hexdigest().encode() != view[end + 22 + len(DIGEST_TAG):]:",
+                           "if False:"),
+    "lock-never-taken": ("train.py", 'with RunLock(cfg["save"], enabled=world.main) as lock:',
+                         'with RunLock(cfg["save"], enabled=False) as lock:'),
+    "torn-last-metrics-line-refused": ("checkpoint.py", "            if i < len(lines) - 1:\n                raise",
+                                       "            if True:\n                raise"),
+    "unreadable-recorded-metrics-line-dropped": ("checkpoint.py",
+                                                 "            if i < len(lines) - 1:\n                raise",
+                                                 "            if False:\n                raise"),
+    "metrics-of-unsaved-epochs-kept": ("checkpoint.py", "        if row is not None and epoch <= epochs_done:\n",
+                                       "        if row is not None:\n"),
+    "config-written-before-the-metrics-check": (
+        "train.py", "                metrics, note = kept_metrics(self.dir, self.state.epoch)",
+        "                if self.dir.is_dir():\n                    write_config(self.dir, self.cfg)\n"
+        "                metrics, note = kept_metrics(self.dir, self.state.epoch)"),
 }
 
 

@@ -1,21 +1,26 @@
-"""The bad-input matrix: each case through the command line of train.py, evaluate.py, tune.py or
-generate.py must end with exit code 2, one line on stderr that starts with "error:", no
-traceback, and no file of an existing run directory changed."""
+"""The bad-input matrix: each case through the command line of train.py, evaluate.py, tune.py,
+generate.py, plot.py or bench.py must end with exit code 2, one line on stderr that starts with
+"error:", no traceback, and no file of an existing run directory changed."""
 import pickle
 
 import pytest
 import torch
 
+import bench
+import char_experiment
 import cli
+import config
 import evaluate
 import generate
 import kernels
+import plot
 import train
 import tune
-from checkpoint import BEST
+from checkpoint import BEST, METRICS
 from helpers import AWD_TINY, TINY, digests, write_corpus
 
-SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main, "tune": tune.main}
+SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main, "tune": tune.main,
+           "plot": plot.main, "bench": bench.main}
 
 
 def corpus(tmp, name="bad", **splits):
@@ -142,6 +147,83 @@ CASES = [
 ]
 
 
+def a_file(tmp):
+    """A plain file, where the case expects a folder."""
+    path = tmp / "a-file"
+    path.write_text("not a folder\n")
+    return path
+
+
+def unreadable_metrics(tmp, run, line=2):
+    """A copy of the run whose metrics.jsonl has garbage on `line`, an epoch last.pt has recorded."""
+    import shutil
+    copy = tmp / "unreadable-metrics"
+    shutil.copytree(run, copy)
+    lines = (copy / METRICS).read_text().splitlines(keepends=True)
+    lines[line - 1] = '{"epoch": 2, "train_lo\x00ss": \n'
+    (copy / METRICS).write_text("".join(lines))
+    return copy
+
+
+def tune_cache(t, r, *flags):
+    return [r, "--method", "cache", "--out", t / "tuned", *flags]
+
+
+# Issue 30: paths where a folder or file is expected, counts of 0 or less, unreadable metrics lines.
+CASES += [
+    ("save is a file", "train", lambda t, r, d: ["--data", d, "--save", a_file(t)], "is a file, not a folder"),
+    ("save under a file", "train", lambda t, r, d: ["--data", d, "--save", a_file(t) / "run"],
+     "is a file, not a folder"),
+    ("resume of a checkpoint file", "train", lambda t, r, d: ["--resume", r / "last.pt"], "takes a run directory"),
+    ("finetune of a checkpoint file", "train", lambda t, r, d: ["--finetune", r / "model.pt"], "takes a run directory"),
+    ("finetune of no run", "train", lambda t, r, d: ["--finetune", t], "has no model.pt"),
+    ("finetune of a missing folder", "train", lambda t, r, d: ["--finetune", t / "nope"], "no run directory"),
+    ("finetune into an existing run", "train", lambda t, r, d: ["--finetune", r, "--save", r], "already holds a run"),
+    ("resume over an unreadable recorded metrics line", "train", lambda t, r, d: ["--resume", unreadable_metrics(t, r)],
+     "line 2 of"),
+    ("evaluate a plain file", "evaluate", lambda t, r, d: [a_file(t)], "cannot read checkpoint"),
+    ("json into a missing folder", "evaluate", lambda t, r, d: [r, "--json", t / "nope" / "x.json"], "does not exist"),
+    ("json is a folder", "evaluate", lambda t, r, d: [r, "--json", t], "is a folder, not a file"),
+    ("dyn-checkpoint is a folder", "evaluate", lambda t, r, d: [r, "--dynamic-eval", "--dyn-checkpoint", t],
+     "is a folder, not a file"),
+    ("dyn-stats under a file", "evaluate", lambda t, r, d: [r, "--dynamic-eval", "--dyn-stats", a_file(t) / "ms.pt"],
+     "is a file, not a folder"),
+    ("generate from a missing folder", "generate", lambda t, r, d: [t / "nope"], "no run directory"),
+    ("generate from a plain file", "generate", lambda t, r, d: [a_file(t)], "cannot read checkpoint"),
+    ("words 0", "generate", lambda t, r, d: [r, "--words", "0"], "--words"),
+    ("chars 0", "generate", lambda t, r, d: [r, "--chars", "0"], "--words/--chars"),
+    ("tune out is a file", "tune", lambda t, r, d: [r, "--method", "cache", "--out", a_file(t)],
+     "is a file, not a folder"),
+    ("tune of no run", "tune", lambda t, r, d: tune_cache(t, t), "has no model.pt"),
+    ("tune dyn-stats in a missing folder", "tune",
+     lambda t, r, d: [r, "--method", "dynamic", "--out", t / "o", "--dyn-stats", t / "nope" / "ms.pt"],
+     "does not exist"),
+    ("tune tokens 0", "tune", lambda t, r, d: tune_cache(t, r, "--tokens", "0"), "--tokens"),
+    ("tune tokens negative", "tune", lambda t, r, d: tune_cache(t, r, "--tokens", "-5"), "--tokens"),
+    ("tune window 0", "tune", lambda t, r, d: tune_cache(t, r, "--windows", "100", "0"), "--windows"),
+    ("tune theta 0", "tune", lambda t, r, d: tune_cache(t, r, "--thetas", "0"), "--thetas"),
+    ("tune dyn-bptt 0", "tune", lambda t, r, d: [r, "--method", "dynamic", "--out", t / "o", "--dyn-bptt", "0"],
+     "--dyn-bptt"),
+    ("tune stat batches 0", "tune",
+     lambda t, r, d: [r, "--method", "dynamic", "--out", t / "o", "--dyn-stat-batches", "0"], "--dyn-stat-batches"),
+    ("plot a plain file", "plot", lambda t, r, d: [a_file(t), "-o", t / "c.png"], "has no metrics.jsonl"),
+    ("plot a folder with no run", "plot", lambda t, r, d: [t, "-o", t / "c.png"], "has no metrics.jsonl"),
+    ("plot into a folder", "plot", lambda t, r, d: [r, "-o", t], "is a folder, not a file"),
+    ("plot under a file", "plot", lambda t, r, d: [r, "-o", a_file(t) / "c.png"], "is a file, not a folder"),
+    ("plot an unreadable metrics line", "plot", lambda t, r, d: [unreadable_metrics(t, r), "-o", t / "c.png"],
+     "line 2 of"),
+    ("bench json is a folder", "bench", lambda t, r, d: ["--json", t], "is a folder, not a file"),
+    ("bench profile in a missing folder", "bench", lambda t, r, d: ["--profile", t / "nope" / "p.txt"],
+     "does not exist"),
+    ("bench steps 0", "bench", lambda t, r, d: ["--steps", "0"], "--steps"),
+    ("bench windows negative", "bench", lambda t, r, d: ["--windows", "-1"], "--windows"),
+    ("bench warmup negative", "bench", lambda t, r, d: ["--warmup", "-1"], "--warmup"),
+    ("bench threads 0", "bench", lambda t, r, d: ["--threads", "0"], "--threads"),
+    ("log interval 0", "train", lambda t, r, d: ["--data", d, "--log-interval", "0"], "--log-interval"),
+    ("max batches 0", "train", lambda t, r, d: ["--data", d, "--max-batches", "0"], "--max-batches"),
+]
+
+
 RUNTIME = {"loss turns NaN"}  # cases that fail after training has started
 NO_BF16_CPU = {c[0] for c in CASES if "without bf16 CPU" in c[0]}  # run with kernels.bf16_is_fast False
 
@@ -151,6 +233,10 @@ def only_train(tmp):
     (folder / "valid.txt").unlink()
     (folder / "test.txt").unlink()
     return folder
+
+
+def not_refused(*args, **kw):
+    raise AssertionError("the benchmark started: its arguments were not refused first")
 
 
 def test_the_matrix_has_at_least_30_cases():
@@ -164,8 +250,9 @@ def test_bad_input_is_refused_in_one_line(trained_run, tmp_path, capsys, monkeyp
     if name in NO_BF16_CPU:
         monkeypatch.setattr(kernels, "bf16_is_fast", lambda device: False)
     monkeypatch.setenv("LM_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench, "bench_dtype", not_refused)
     args = [str(a) for a in argv(tmp_path, run, data)]
-    if script == "train" and "--resume" not in args:  # the case's flags last, so that they win
+    if script == "train" and not {"--resume", "--finetune"} & set(args):  # the case's flags last, so that they win
         save = [] if "--save" in args else ["--save", str(tmp_path / "new-run")]
         args = [*save, *(TINY if "awd-lstm" not in args else []), *args]
     capsys.readouterr()
@@ -209,3 +296,46 @@ def test_ctrl_c_twice_aborts_in_one_line_without_saving(trained_run, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: aborted by a second Ctrl-C, without saving; last.pt holds the run's latest checkpoint"]
     assert {k: v for k, v in digests(run).items() if k != "config.json"} == before
+
+
+# Every count flag of every script: the scripts' parsers, and a command line each count flag joins.
+PARSERS = {"train": config.get_parser, "evaluate": evaluate.get_parser, "generate": generate.get_parser,
+           "tune": tune.get_parser, "bench": bench.get_parser, "plot": plot.get_parser}
+COUNT_BASE = {"train": lambda t, r, d: ["--data", d, "--save", t / "new-run", *TINY], "evaluate": lambda t, r, d: [r],
+              "generate": lambda t, r, d: [r], "tune": lambda t, r, d: tune_cache(t, r), "bench": lambda t, r, d: [],
+              "plot": lambda t, r, d: [r, "-o", t / "c.png"]}
+NOT_COUNTS = {"--seed"}
+ZERO_MEANS = {"--top-k": "0, off", "--warmup": "0: none"}  # the help says what 0 means
+
+
+def count_flags(parser):
+    return [a.option_strings[0] for a in parser._actions
+            if a.type in (int, cli.count, cli.count_or_zero) and a.option_strings[0] not in NOT_COUNTS]
+
+
+def test_count_flags_whose_zero_means_something_say_so():
+    seen = set()
+    for make in (*PARSERS.values(), char_experiment.get_parser):
+        for a in make()._actions:
+            if a.option_strings and a.option_strings[0] in ZERO_MEANS and a.type in (int, cli.count_or_zero):
+                assert ZERO_MEANS[a.option_strings[0]] in a.help
+                seen.add(a.option_strings[0])
+    assert seen == set(ZERO_MEANS)
+
+
+@pytest.mark.parametrize("script, flag", [(s, f) for s, make in PARSERS.items() for f in count_flags(make())
+                                          if f not in ZERO_MEANS])
+def test_every_count_flag_refuses_zero_and_negatives(trained_run, tmp_path, capsys, monkeypatch, script, flag):
+    run, data = trained_run
+    monkeypatch.setattr(bench, "bench_dtype", not_refused)
+    before = digests(run)
+    for value in ("0", "-2"):
+        capsys.readouterr()
+        try:
+            code = SCRIPTS[script]([str(a) for a in COUNT_BASE[script](tmp_path, run, data)] + [flag, value])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], err
+    assert digests(run) == before
