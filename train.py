@@ -53,7 +53,7 @@ from model import (
     map_hidden,
     temporal_activation_regularization,
 )
-from optim import Averaging, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
+from optim import PROGRESS_SCHEDULES, Averaging, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
 from plot import PlotError, plot_runs
 
 MAX_LOSS = 700.0  # nats per token; e**700 is near the float64 limit, and a loss this large has diverged
@@ -285,7 +285,7 @@ def train_epoch(run, requested):
     while not run.epoch_done():
         seq_len = sample_seq_len(cfg["bptt"], run.lengths) if cfg["variable_bptt"] else cfg["bptt"]
         x, y = get_batch(source, state.position, seq_len)
-        if cfg["schedule"] in ("cosine", "onecycle"):
+        if cfg["schedule"] in PROGRESS_SCHEDULES:
             set_lr(run.optimizer, scheduled_lr(cfg["schedule"], cfg["lr"], run.progress(), cfg["warmup"]))
         if run.averaging.mode == "scheduled" and not run.averaging.active and run.progress() >= cfg["average_start"]:
             run.averaging.start(model, state.epoch)

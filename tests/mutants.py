@@ -125,6 +125,11 @@ MUTANTS = {
     "scored-loss-scores-the-softmax": ("kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
                                        "torch.softmax(probs, dim=1, out=probs)\n"
                                        "                    log_likelihood, hits = _score_chunk(probs, log_probs_all"),
+    "gpu-preset-with-our-betas": ("config.py", '"adam_betas": [0.8, 0.99], "wdecay": 1.2e-6',
+                                  '"adam_betas": [0.7, 0.99], "wdecay": 1.2e-6'),
+    "flat-onecycle-never-flat": ("optim.py", "    if progress < 0.5:\n        return base_lr\n", ""),
+    "flat-onecycle-not-scheduled-in-training": ("train.py", 'if cfg["schedule"] in PROGRESS_SCHEDULES:',
+                                                'if cfg["schedule"] in ("cosine", "onecycle"):'),
 }
 
 
