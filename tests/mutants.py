@@ -130,6 +130,8 @@ MUTANTS = {
     "flat-onecycle-never-flat": ("optim.py", "    if progress < 0.5:\n        return base_lr\n", ""),
     "flat-onecycle-not-scheduled-in-training": ("train.py", 'if cfg["schedule"] in PROGRESS_SCHEDULES:',
                                                 'if cfg["schedule"] in ("cosine", "onecycle"):'),
+    "gpu-summary-target-sense-flipped": ("experiments/gpu_summary.py", 'found[key] <= bound if sense == "max"',
+                                         'found[key] >= bound if sense == "max"'),
 }
 
 
