@@ -6,8 +6,9 @@ synchronisations they make (CUDA), for gpu_reproduce.sh --profile.
 
 Everything after `--` is train.py's command line (a new run; --save must name a new folder). The
 loop runs --untimed-batches, then --batches more under the profiler and, on CUDA, under
-torch.cuda.set_sync_debug_mode("warn"), which flags every operation that waits for the GPU; the
-end of the profiled stretch adds one (train_epoch reads its loss sum there). profile.txt gets the
+torch.cuda.set_sync_debug_mode("warn"), which flags every operation that waits for the GPU;
+train_epoch's start and end add one each (its loss sum is put on the device, and read back at the
+end), so N per batch shows as 2 + N * batches. profile.txt gets the
 synchronisations by source line and the operators by device time (CPU time on a CPU); the
 trace for chrome://tracing or Perfetto goes next to it (profile-trace.json).
 """
