@@ -55,10 +55,11 @@ def profile_batches(train_argv, warmup, steps):
     if run.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
         torch.cuda.synchronize(run.device)
-    with flagging_syncs(run.device) as caught, torch.profiler.profile(activities=activities) as prof:
-        train.train_epoch(run, lambda: False)
+    with torch.profiler.profile(activities=activities) as prof:
+        with flagging_syncs(run.device) as caught:
+            train.train_epoch(run, lambda: False)
         if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
+            torch.cuda.synchronize(run.device)  # the profile's end, not counted
     syncs = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
     return prof, syncs, run.device
 
