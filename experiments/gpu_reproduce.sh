@@ -87,16 +87,21 @@ step() {  # step NAME DEADLINE LOG COMMAND...: COMMAND under min(DEADLINE, the t
     report
 }
 
-VERSIONS='import platform, subprocess, torch
+VERSIONS='import platform, shutil, subprocess, torch
 gpu = torch.cuda.is_available()
 print("torch:", torch.__version__)
 print("CUDA:", torch.version.cuda, "| available:", gpu)
 print("cuDNN:", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
 for i in range(torch.cuda.device_count()):
     print(f"GPU {i}:", torch.cuda.get_device_name(i), "| capability", torch.cuda.get_device_capability(i))
+if shutil.which("nvidia-smi"):
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                         text=True)
+    print("driver:", smi.stdout.strip().replace("\n", ", "))
 print("python:", platform.python_version(), "| host:", platform.node(), "| cpus:", torch.get_num_threads())
-commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True)
-print("commit:", commit.stdout.strip() or "unknown")'
+git = shutil.which("git") and subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                            text=True)
+print("commit:", git and git.stdout.strip() or "unknown")'
 step versions "${CAP_VERSIONS:-30}" versions.txt $PY -c "$VERSIONS"
 cat "$LOGS/versions.txt"
 step tests "${CAP_TESTS:-90}" tests.log $PY -m pytest $PYTEST_ARGS -p no:cacheprovider
