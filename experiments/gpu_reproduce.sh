@@ -25,6 +25,7 @@
 set -u
 
 die() { echo "error: $*" >&2; exit 2; }
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
 PROFILE=${PROFILE:-0}
 if [ "${1:-}" = "--profile" ]; then PROFILE=1; shift; fi
 [ $# -eq 2 ] || die "usage: experiments/gpu_reproduce.sh [--profile] MINUTES OUTDIR (MINUTES > 3, e.g. 15)"

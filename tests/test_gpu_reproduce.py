@@ -124,3 +124,10 @@ def test_the_whole_script_runs_tiny_on_the_cpu(tmp_path):
     assert "Name" in (out / "profile.txt").read_text() and "profile-trace.json" in logs
     assert all(t["got"] is None for t in s["targets"])  # WikiText-2's targets; this is not WikiText-2
     print(f"gpu_reproduce.sh, tiny on the CPU: {seconds:.0f} s, {cpu_seconds:.0f} s of CPU")
+
+
+def test_help_prints_the_header():
+    proc = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("The GPU numbers in one command") and "CAP_TESTS (90)" in proc.stdout
+    assert "set -u" not in proc.stdout and "#" not in proc.stdout.splitlines()[0]
