@@ -20,6 +20,7 @@ from checkpoint import BEST, LAST, load_checkpoint
 from data import LEVELS
 from kernels import DTYPES, LSTM_KERNELS, default_dtype, dtype_problem
 from model import MODEL_TYPES, AWDConfig, ModelConfig
+from optim import PROGRESS_SCHEDULES
 
 
 class ConfigError(Exception):
@@ -98,6 +99,17 @@ PRESETS = {
                         "batch_size": 100, "clip": 0.12, "epochs": 90, "dropout_embedding": 0.025,
                         "dropout_input": 0.1625, "dropout_hidden": 0.05, "dropout_output": 0.1,
                         "dropout_weight": 0.125, "max_minutes": 120.0, "checkpoint_every": 10.0},
+    # A GPU budget: the fast recipe as published in sgugger/Adam-experiments (README: "python train_rnn.py
+    # 5e-3 --wd=1.2e-6 --alpha=3 --beta=1.5", with train_lm's defaults: Adam betas (0.8, 0.99), batch 100,
+    # bptt 70, clip 0.12, dropouts 0.6/0.4/0.5/0.1/0.2 as dropouti/dropout/wdrop/dropoute/dropouth, and
+    # get_phases' schedule over 90 epochs), spread over --max-minutes 12 (~75 H200 epochs at 9.7 s each).
+    # Not taken: its cyclical beta1 (0.8 -> 0.7 -> 0.8; ours stays 0.8), its seed; our variable BPTT also
+    # scales the lr by length/bptt.
+    "awd-lstm-gpu": {"model": "awd-lstm", "data": "wikitext-2", "seed": 1882, "optimizer": "adam", "lr": 5e-3,
+                     "adam_betas": [0.8, 0.99], "wdecay": 1.2e-6, "schedule": "onecycle-flat", "warmup": 7.5 / 90,
+                     "batch_size": 100, "bptt": 70, "clip": 0.12, "alpha": 3.0, "beta": 1.5, "epochs": 90,
+                     "dropout_input": 0.6, "dropout_output": 0.4, "dropout_weight": 0.5,
+                     "dropout_embedding": 0.1, "dropout_hidden": 0.2, "max_minutes": 12.0},
 }
 DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 # Flags that may change when a run is resumed; the rest would make it a different run.
@@ -158,7 +170,8 @@ def get_parser(description=None):
 def add_model_flags(g):
     g.add_argument("--preset", choices=PRESETS, default=None,
                    help="a named configuration (the original code's README commands, fast.ai's Adam "
-                        "recipe, the 2-hour CPU recipes); explicit flags override its values: " + preset_help())
+                        "recipe, the 2-hour CPU recipes, the published fast recipe for a GPU budget); "
+                        "explicit flags override its values: " + preset_help())
     add(g, "data", "hub dataset (wikitext-2, wikitext-103, ptb, tinyshakespeare) or a folder with "
                    "train.txt/valid.txt/test.txt; with --level char also one text file, cut 90/5/5")
     add(g, "level", "tokens are words (split on whitespace, <eos> per line) or characters", choices=LEVELS)
@@ -187,9 +200,11 @@ def add_optimization_flags(g):
     add(g, "lr", "initial learning rate; at word level 20 for sgd, 30 for nt-asgd, 0.001 for adam/adamw; "
                  "--finetune keeps the run's SGD lr", type=float)
     add(g, "schedule", "lr schedule: plateau (divide by --anneal when validation does not improve), "
-                       "constant, cosine or onecycle; cosine and onecycle run over --epochs, or over "
-                       "--max-minutes when that ends first (default: constant for nt-asgd, else plateau)",
-        choices=("plateau", "constant", "cosine", "onecycle"))
+                       "constant, cosine, onecycle or onecycle-flat (the fast AWD-LSTM recipe's: up from lr/10 "
+                       "over --warmup, flat to half-way, down to lr/10, a cosine to 0 over the last --warmup); "
+                       "the last three run over --epochs, or over --max-minutes when that ends first "
+                       "(default: constant for nt-asgd, else plateau)",
+        choices=("plateau", "constant", *PROGRESS_SCHEDULES))
     add(g, "warmup", "cosine/onecycle: fraction of training spent warming the lr up", type=float)
     add(g, "anneal", "plateau: divide the lr by this when validation loss does not improve", type=float)
     add(g, "nonmono", "nt-asgd: the non-monotone window (epochs) of the averaging trigger", type=int)
@@ -302,8 +317,9 @@ def check_config(cfg, given):
         problem = cfg[key] and dtype_problem(cfg["device"], cfg[key])
         if problem:
             raise ConfigError(f"{flag(key)} {cfg[key]}: {problem}")
-    if not 0 <= cfg["warmup"] < 1:
-        raise ConfigError(f"--warmup must be in [0, 1), got {cfg['warmup']}")
+    if not 0 <= cfg["warmup"] < (0.5 if cfg["schedule"] == "onecycle-flat" else 1):
+        raise ConfigError(f"--warmup must be in [0, {0.5 if cfg['schedule'] == 'onecycle-flat' else 1}) for "
+                          f"--schedule {cfg['schedule']}, got {cfg['warmup']}")
     if cfg["average_start"] is not None and not 0 <= cfg["average_start"] < 1:
         raise ConfigError(f"--average-start must be in [0, 1), got {cfg['average_start']}")
     if cfg.get("finetune") and "average_start" in given:

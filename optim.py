@@ -138,18 +138,40 @@ def scaled_lr(optimizer, factor):
             g["lr"] = lr
 
 
+PROGRESS_SCHEDULES = ("cosine", "onecycle", "onecycle-flat")  # the lr follows planned_progress
+
+
 def scheduled_lr(schedule, base_lr, progress, warmup):
     """The lr at `progress` in [0, 1] of all training, for the schedules that depend on it.
 
     cosine:   linear warm-up from 0 over the first `warmup` fraction, then cosine decay to 0
     onecycle: linear warm-up from base_lr/25 to base_lr, then cosine decay to base_lr/1e4
               (Smith's one-cycle policy, as in torch's OneCycleLR)
+    onecycle-flat: the fast AWD-LSTM recipe's four phases (sgugger/Adam-experiments, utils.py's
+              get_phases with div 10 and 7.5/37.5/37.5/7.5 of 90 epochs for warmup 1/12): linear
+              from base_lr/10 to base_lr over `warmup`, flat to half-way, linear down to
+              base_lr/10 until 1 - warmup, then a cosine from there to 0
     """
+    if schedule == "onecycle-flat":
+        return _flat_onecycle(base_lr, progress, warmup)
     low, end = (0.0, 0.0) if schedule == "cosine" else (base_lr / 25, base_lr / 1e4)
     if progress < warmup:
         return low + (base_lr - low) * progress / warmup
     q = min(1.0, (progress - warmup) / max(1e-12, 1 - warmup))
     return end + (base_lr - end) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+def _flat_onecycle(base_lr, progress, warmup):
+    """onecycle-flat of scheduled_lr; warmup < 0.5."""
+    low = base_lr / 10
+    if progress < warmup:
+        return low + (base_lr - low) * progress / warmup
+    if progress < 0.5:
+        return base_lr
+    if progress < 1 - warmup:
+        return base_lr - (base_lr - low) * (progress - 0.5) / (0.5 - warmup)
+    q = min(1.0, (progress - (1 - warmup)) / max(1e-12, warmup))
+    return low * 0.5 * (1 + math.cos(math.pi * q))
 
 
 def planned_progress(epochs_done, epochs, seconds, max_minutes):

@@ -54,7 +54,16 @@ from model import (
     map_hidden,
     temporal_activation_regularization,
 )
-from optim import NO_SCALING, Averaging, LossScaler, planned_progress, sample_seq_len, scaled_lr, scheduled_lr
+from optim import (
+    NO_SCALING,
+    PROGRESS_SCHEDULES,
+    Averaging,
+    LossScaler,
+    planned_progress,
+    sample_seq_len,
+    scaled_lr,
+    scheduled_lr,
+)
 from plot import PlotError, plot_runs
 from runlock import RunLock
 
@@ -321,7 +330,7 @@ def train_epoch(run, requested):
     while not run.epoch_done():
         seq_len = sample_seq_len(cfg["bptt"], run.lengths) if cfg["variable_bptt"] else cfg["bptt"]
         x, y = get_batch(source, state.position, seq_len)
-        if cfg["schedule"] in ("cosine", "onecycle"):
+        if cfg["schedule"] in PROGRESS_SCHEDULES:
             set_lr(run.optimizer, scheduled_lr(cfg["schedule"], cfg["lr"], run.progress(), cfg["warmup"]))
         if run.averaging.mode == "scheduled" and not run.averaging.active and run.progress() >= cfg["average_start"]:
             run.averaging.start(model, state.epoch)

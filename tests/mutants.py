@@ -167,6 +167,13 @@ MUTANTS = {
         "train.py", "                metrics, note = kept_metrics(self.dir, self.state.epoch)",
         "                if self.dir.is_dir():\n                    write_config(self.dir, self.cfg)\n"
         "                metrics, note = kept_metrics(self.dir, self.state.epoch)"),
+    "gpu-preset-with-our-betas": ("config.py", '"adam_betas": [0.8, 0.99], "wdecay": 1.2e-6',
+                                  '"adam_betas": [0.7, 0.99], "wdecay": 1.2e-6'),
+    "flat-onecycle-never-flat": ("optim.py", "    if progress < 0.5:\n        return base_lr\n", ""),
+    "flat-onecycle-not-scheduled-in-training": ("train.py", 'if cfg["schedule"] in PROGRESS_SCHEDULES:',
+                                                'if cfg["schedule"] in ("cosine", "onecycle"):'),
+    "gpu-summary-target-sense-flipped": ("experiments/gpu_summary.py", 'found[key] <= bound if sense == "max"',
+                                         'found[key] >= bound if sense == "max"'),
 }
 
 
