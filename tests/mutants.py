@@ -125,6 +125,25 @@ MUTANTS = {
     "scored-loss-scores-the-softmax": ("kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
                                        "torch.softmax(probs, dim=1, out=probs)\n"
                                        "                    log_likelihood, hits = _score_chunk(probs, log_probs_all"),
+    # Issue 35: what users rely on beyond each technique alone.
+    "resume-loses-the-optimizer-state": ("train.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
+                                         'load_optimizer_state(self.optimizer, {**ckpt["optimizer"], "state": {}})'),
+    "resume-restarts-the-adam-step-count": (
+        "train.py", "    optimizer.load_state_dict(state)\n",
+        '    optimizer.load_state_dict({**state, "state": {k: {**v, "step": v["step"] * 0} '
+        'for k, v in state["state"].items()}})\n'),
+    "resume-keeps-metrics-of-unsaved-epochs": ("train.py", "        truncate_metrics(run.dir, run.state.epoch)\n", ""),
+    "nt-asgd-restarts-when-the-trigger-holds-again": ("optim.py",
+                                                      'if self.mode == "trigger" and not self.active and trigger:',
+                                                      'if self.mode == "trigger" and trigger:'),
+    "dyneval-valid-and-train-at-batch-10": ("evaluate.py", "not (cache or dynamic) else 1", "not cache else 1"),
+    "temperature-after-the-filter": ("generate.py",
+                                     "filter_logits(out.logits[-1, 0].float() / temperature, top_k, top_p)",
+                                     "filter_logits(out.logits[-1, 0].float(), top_k, top_p) / temperature"),
+    "last-line-dropped-without-a-final-newline": ("data.py",
+                                                  'return lines[:-1] if text.endswith("\\n") else lines',
+                                                  "return lines[:-1]"),
+    "continued-cache-forgets-its-position": ("cache.py", 'state["words"], state["seen"]', 'state["words"], 0'),
 }
 
 
