@@ -459,4 +459,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main())
