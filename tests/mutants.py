@@ -144,6 +144,11 @@ MUTANTS = {
                                                   'return lines[:-1] if text.endswith("\\n") else lines',
                                                   "return lines[:-1]"),
     "continued-cache-forgets-its-position": ("cache.py", 'state["words"], state["seen"]', 'state["words"], 0'),
+    # A further round over the scripts' flags and resume paths.
+    "fault-tests-checkpoint-one-batch-early": ("train.py", "faults.checkpoint_due(self.state.batches + 1)",
+                                               "faults.checkpoint_due(self.state.batches)"),
+    "generate-ignores-the-prompt": ("generate.py", "ids = generate(model, prompt_ids, length,",
+                                    "ids = generate(model, [], length,"),
 }
 
 

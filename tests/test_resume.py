@@ -8,37 +8,54 @@ import types
 import pytest
 import torch
 
+import faults
 import train
 from helpers import TINY, assert_same_weights, metrics, weights
 
 
+def record_saves(monkeypatch):
+    """Each mid-epoch last.pt that train.Run.save writes from now on, as (epoch, batches)."""
+    saves, real_save = [], train.Run.save
+
+    def save(run, name):
+        if name == "last.pt" and run.state.batches > 0:
+            saves.append((run.state.epoch, run.state.batches))
+        real_save(run, name)
+
+    monkeypatch.setattr(train.Run, "save", save)
+    return saves
+
+
 def test_checkpoint_every_writes_last_pt_when_its_minutes_have_passed(corpus_dir, tmp_path, monkeypatch):
     """A fake clock that moves 20 s per training step: with --checkpoint-every 1 (minute) a
-    mid-epoch last.pt follows batches 3, 6 and 9, and none follows without the flag."""
+    mid-epoch last.pt follows batches 3 and 6, and none follows without the flag."""
     clock = [0.0]
     monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: clock[0]))
-    real_step, real_save = train.train_step, train.Run.save
+    real_step = train.train_step
 
     def step(*args, **kw):
         clock[0] += 20.0
         return real_step(*args, **kw)
 
-    saves = []
-
-    def save(run, name):
-        saves.append((name, run.state.epoch, run.state.batches))
-        real_save(run, name)
-
     monkeypatch.setattr(train, "train_step", step)
-    monkeypatch.setattr(train.Run, "save", save)
-    common = ["--data", str(corpus_dir), *TINY, "--epochs", "1", "--max-batches", "10"]
+    saves = record_saves(monkeypatch)
+    common = ["--data", str(corpus_dir), *TINY, "--epochs", "1", "--max-batches", "7"]
     assert train.main([*common, "--checkpoint-every", "1", "--save", str(tmp_path / "every")]) == 0
-    mid_epoch = [(epoch, batches) for name, epoch, batches in saves if name == "last.pt" and batches > 0]
-    assert mid_epoch == [(0, 3), (0, 6), (0, 9)]
+    assert saves == [(0, 3), (0, 6)]
     saves.clear()
     assert train.main([*common, "--save", str(tmp_path / "never")]) == 0
-    assert [s for s in saves if s[2] > 0] == []
+    assert saves == []
     assert metrics(tmp_path / "every") == metrics(tmp_path / "never")
+
+
+def test_the_fault_tests_batch_count_writes_last_pt_after_every_nth_batch(corpus_dir, tmp_path, monkeypatch):
+    """faults.py's LM_CHECKPOINT_BATCHES=3, which the fault matrix runs under: a mid-epoch
+    last.pt after batches 3 and 6 of each epoch, whatever the clock says."""
+    monkeypatch.setattr(faults, "checkpoint_due", faults.make_batch_trigger("3"))
+    saves = record_saves(monkeypatch)
+    assert train.main(["--data", str(corpus_dir), *TINY, "--epochs", "2", "--max-batches", "7",
+                       "--save", str(tmp_path / "run")]) == 0
+    assert saves == [(0, 3), (0, 6), (1, 3), (1, 6)]
 
 
 def optimizer_state(run):
@@ -96,7 +113,6 @@ def test_a_continued_dynamic_evaluation_pass_gives_the_numbers_of_one_never_stop
     import shutil
 
     import evaluate
-    import faults
     run, data = trained_run
     flags = []
     if gaps:
