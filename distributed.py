@@ -89,8 +89,8 @@ def exit_process(code, env=None):
     interpreter (os._exit, once stdout and stderr are flushed). DistributedDataParallel keeps
     the gloo backend alive past destroy_process_group (a reference inside torch that we cannot
     drop), so its worker and socket threads still run while the interpreter finalizes and the
-    C++ destructors run at exit; that teardown, racing those threads, is where rank 0's rare
-    abort after a finished run came from ("terminate called without an active exception",
+    C++ destructors run at exit; that teardown racing those threads is the likely source of
+    rank 0's rare abort after a finished run ("terminate called without an active exception",
     SIGABRT). Every file of the run is written and closed by then: nothing is left to clean up."""
     try:
         active = world_from_env(env).active

@@ -147,6 +147,8 @@ MUTANTS = {
     # A further round over the scripts' flags and resume paths.
     "fault-tests-checkpoint-one-batch-early": ("train.py", "faults.checkpoint_due(self.state.batches + 1)",
                                                "faults.checkpoint_due(self.state.batches)"),
+    "kept-pass-key-ignores-the-cache-gaps": ("dyneval.py", "repr((cache.window, cache.theta, cache.lam, cache.gaps))",
+                                             "repr((cache.window, cache.theta, cache.lam))"),
     "generate-ignores-the-prompt": ("generate.py", "ids = generate(model, prompt_ids, length,",
                                     "ids = generate(model, [], length,"),
 }

@@ -102,6 +102,19 @@ DYNAMIC = ["--split", "valid", "--dynamic-eval", "--dyn-lr", "1e-3", "--dyn-stat
 CACHE = ["--cache", "--cache-window", "20", "--cache-theta", "0.5", "--cache-lambda", "0.2"]
 
 
+def stop_after(monkeypatch, n):
+    """Ctrl-C (SIGINT to this process) once dynamic evaluation has finished its n-th segment."""
+    done = []
+
+    def point(name):
+        if name == "adapting":
+            done.append(name)
+            if len(done) == n:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(faults, "point", point)
+
+
 @pytest.mark.parametrize("gaps", [False, True], ids=["no-cache", "cache-original-gaps"])
 def test_a_continued_dynamic_evaluation_pass_gives_the_numbers_of_one_never_stopped(trained_run, tmp_path,
                                                                                     monkeypatch, gaps):
@@ -119,15 +132,8 @@ def test_a_continued_dynamic_evaluation_pass_gives_the_numbers_of_one_never_stop
         shutil.copytree(data, tmp_path / "ptb")
         flags = [*CACHE, "--cache-original-gaps", "--data", str(tmp_path / "ptb")]
     whole, part, kept = tmp_path / "whole.json", tmp_path / "part.json", tmp_path / "pass.pt"
-    segments = []
-
-    def stop_after_the_4th(name):
-        segments.append(name)
-        if name == "adapting" and len(segments) == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-
     assert evaluate.main([str(run), *DYNAMIC, *flags, "--json", str(whole)]) == 0
-    monkeypatch.setattr(faults, "point", stop_after_the_4th)
+    stop_after(monkeypatch, 4)
     assert evaluate.main([str(run), *DYNAMIC, *flags, "--json", str(part), "--dyn-checkpoint", str(kept)]) == 130
     monkeypatch.undo()
     assert torch.load(kept, weights_only=True)["segment"] == 5
@@ -136,3 +142,23 @@ def test_a_continued_dynamic_evaluation_pass_gives_the_numbers_of_one_never_stop
     assert (a["loss"], a["accuracy"], a.get("without_cache")) == (b["loss"], b["accuracy"], b.get("without_cache"))
     assert b["dynamic_eval"]["continued_from_segment"] == 5
     assert not gaps or a["loss"] != a["without_cache"]["loss"]  # the cache took part
+
+
+def test_a_kept_pass_is_not_continued_with_other_cache_gaps(trained_run, tmp_path, monkeypatch, capsys):
+    """A pass stopped with --cache is refused, and left as it was, when the command run again
+    adds --cache-original-gaps: its cache saw other positions."""
+    import shutil
+
+    import evaluate
+    run, data = trained_run
+    shutil.copytree(data, tmp_path / "ptb")
+    flags = [str(run), *DYNAMIC, *CACHE, "--data", str(tmp_path / "ptb"), "--dyn-checkpoint", str(tmp_path / "p.pt")]
+    stop_after(monkeypatch, 2)
+    assert evaluate.main(flags) == 130
+    monkeypatch.undo()
+    saved = (tmp_path / "p.pt").read_bytes()
+    capsys.readouterr()
+    assert evaluate.main([*flags, "--cache-original-gaps"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert (tmp_path / "p.pt").read_bytes() == saved
