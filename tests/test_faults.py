@@ -6,7 +6,7 @@
 The default suite runs the points marked fast. The run: a small AWD-LSTM on CPU in fp32, every
 regularizer on, a periodic checkpoint after every 3rd batch of an epoch (faults.py's
 LM_CHECKPOINT_BATCHES, so that each point falls at the same place on any machine; the
-clock-based --checkpoint-every has its own test in tests/test_train.py), NT-ASGD's trigger at
+clock-based --checkpoint-every has its own test in tests/test_resume.py), NT-ASGD's trigger at
 the end of epoch 4 of 6 (checked by the reference), then fine-tuning for up to 3 epochs. A point
 that the run never reaches fails its test.
 """
