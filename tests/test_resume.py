@@ -1,5 +1,6 @@
-"""What a resumed run relies on beyond the fault matrix: the clock-based --checkpoint-every,
-a resume with Adam and AdamW, and metrics.jsonl after a kill between its line and last.pt."""
+"""What resumed and continued runs rely on beyond the fault matrix: the clock-based
+--checkpoint-every and the fault tests' batch count, a resume with Adam and AdamW, metrics.jsonl
+after a kill between its line and last.pt, and continued dynamic-evaluation passes."""
 import json
 import os
 import signal
