@@ -17,6 +17,14 @@ returns at once. The points:
     logged         the metrics.jsonl line is written, last.pt not yet
     sampling       generate.py, between two sampled tokens
     adapting       dynamic evaluation, after a segment's update (and its save, when one is due)
+
+The same tests also make train.py's periodic checkpoints come after a fixed number of batches
+instead of after --checkpoint-every's minutes, so that every point falls at the same place of
+the run on any machine, however fast or loaded:
+
+    LM_CHECKPOINT_BATCHES=N python train.py ...   # also write last.pt after batches N, 2N, ... of each epoch
+
+Unset, `checkpoint_due` is a function that returns False at once.
 """
 import os
 import signal
@@ -36,6 +44,15 @@ def make_point(spec):
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return point
+
+
+def make_batch_trigger(spec):
+    """checkpoint_due(batches) for an LM_CHECKPOINT_BATCHES value: whether the epoch's batch
+    number `batches` (counted from 1) is a multiple of it (None: never)."""
+    if not spec:
+        return lambda batches: False
+    every = int(spec)
+    return lambda batches: batches % every == 0
 
 
 class _Writer:
@@ -61,3 +78,4 @@ def make_writer(spec, point):
 
 point = make_point(os.environ.get("LM_FAULT"))
 writer = make_writer(os.environ.get("LM_FAULT"), point)
+checkpoint_due = make_batch_trigger(os.environ.get("LM_CHECKPOINT_BATCHES"))

@@ -273,8 +273,11 @@ class Run:
             print(text, flush=True)
 
     def checkpoint_due(self):
+        """Whether the batch just run is followed by a mid-epoch last.pt: --checkpoint-every's
+        minutes have passed since the last one (or, in the fault tests, its batch count is due)."""
         every = self.cfg.get("checkpoint_every")
-        return every is not None and time.time() - self.saved_at >= 60 * every
+        return (faults.checkpoint_due(self.state.batches + 1)
+                or every is not None and time.time() - self.saved_at >= 60 * every)
 
     def tick(self):
         """Fold the time since the last tick into state.seconds."""
@@ -508,4 +511,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main())

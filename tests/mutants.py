@@ -174,6 +174,32 @@ MUTANTS = {
                                                 'if cfg["schedule"] in ("cosine", "onecycle"):'),
     "gpu-summary-target-sense-flipped": ("experiments/gpu_summary.py", 'found[key] <= bound if sense == "max"',
                                          'found[key] >= bound if sense == "max"'),
+    # Issue 35: what users rely on beyond each technique alone.
+    "resume-loses-the-optimizer-state": ("train.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
+                                         'load_optimizer_state(self.optimizer, {**ckpt["optimizer"], "state": {}})'),
+    "resume-restarts-the-adam-step-count": (
+        "train.py", "    optimizer.load_state_dict(state)\n",
+        '    optimizer.load_state_dict({**state, "state": {k: {**v, "step": v["step"] * 0} '
+        'for k, v in state["state"].items()}})\n'),
+    "resume-keeps-metrics-of-unsaved-epochs": ("train.py", "        truncate_metrics(run.dir, run.state.epoch)\n", ""),
+    "nt-asgd-restarts-when-the-trigger-holds-again": ("optim.py",
+                                                      'if self.mode == "trigger" and not self.active and trigger:',
+                                                      'if self.mode == "trigger" and trigger:'),
+    "dyneval-valid-and-train-at-batch-10": ("evaluate.py", "not (cache or dynamic) else 1", "not cache else 1"),
+    "temperature-after-the-filter": ("generate.py",
+                                     "filter_logits(out.logits[-1, 0].float() / temperature, top_k, top_p)",
+                                     "filter_logits(out.logits[-1, 0].float(), top_k, top_p) / temperature"),
+    "last-line-dropped-without-a-final-newline": ("data.py",
+                                                  'return lines[:-1] if text.endswith("\\n") else lines',
+                                                  "return lines[:-1]"),
+    "continued-cache-forgets-its-position": ("cache.py", 'state["words"], state["seen"]', 'state["words"], 0'),
+    # A further round over the scripts' flags and resume paths.
+    "fault-tests-checkpoint-one-batch-early": ("train.py", "faults.checkpoint_due(self.state.batches + 1)",
+                                               "faults.checkpoint_due(self.state.batches)"),
+    "kept-pass-key-ignores-the-cache-gaps": ("dyneval.py", "repr((cache.window, cache.theta, cache.lam, cache.gaps))",
+                                             "repr((cache.window, cache.theta, cache.lam))"),
+    "generate-ignores-the-prompt": ("generate.py", "ids = generate(model, prompt_ids, length,",
+                                    "ids = generate(model, [], length,"),
 }
 
 

@@ -4,8 +4,11 @@
     python -m pytest tests/test_faults.py -m slow     # the whole matrix (a few minutes)
 
 The default suite runs the points marked fast. The run: a small AWD-LSTM on CPU in fp32, every
-regularizer on, checkpoints every 0.06 s of training, NT-ASGD's trigger at the end of epoch 4
-of 6 (checked by the reference), then fine-tuning for up to 3 epochs.
+regularizer on, a periodic checkpoint after every 3rd batch of an epoch (faults.py's
+LM_CHECKPOINT_BATCHES, so that each point falls at the same place on any machine; the
+clock-based --checkpoint-every has its own test in tests/test_resume.py), NT-ASGD's trigger at
+the end of epoch 4 of 6 (checked by the reference), then fine-tuning for up to 3 epochs. A point
+that the run never reaches fails its test.
 """
 import os
 import signal
@@ -18,21 +21,34 @@ import torch
 from checkpoint import load_checkpoint
 from helpers import AWD_TINY, ROOT, digests, metrics, write_corpus
 
-RUN = [*AWD_TINY, "--lr", "20", "--max-batches", "20", "--nonmono", "1", "--epochs", "6",
-       "--checkpoint-every", "0.001"]
+RUN = [*AWD_TINY, "--lr", "20", "--max-batches", "20", "--nonmono", "1", "--epochs", "6"]
 FINETUNE = ["--epochs", "3"]
 BATCHES = 20  # per epoch, so that batch@N falls in epoch N // 20 + 1
+CHECKPOINT_BATCHES = "3"  # last.pt after batches 3, 6, ..., 18 of each epoch, then at its end
 
 
-def train(data, args, fault=None, cache=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LM_DATA_CACHE": str(cache)}
+def run_script(script, args, fault=None, cache=None):
+    """Run a script in its own process with the test's environment; returns its exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LM_DATA_CACHE": str(cache),
+           "LM_CHECKPOINT_BATCHES": CHECKPOINT_BATCHES}
     env.pop("LM_FAULT", None)
     if fault:
         env["LM_FAULT"] = fault
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, check=False)
     assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-2000:]
     return proc.returncode
+
+
+def train(data, args, cache=None):
+    return run_script("train.py", args, cache=cache)
+
+
+def kill_at(point, script, args, cache):
+    """Run the script with LM_FAULT=point; fails, saying so, when it ends without reaching it."""
+    code = run_script(script, args, fault=point, cache=cache)
+    assert code == -signal.SIGKILL, (f"fault point {point} was never reached: {script} exited with {code} "
+                                     "instead of being killed there")
 
 
 def state(run):
@@ -114,7 +130,10 @@ def test_killed_training_resumes_to_the_same_result(reference, tmp_path, point):
     data, cache, _, expected, _ = reference
     run = tmp_path / "run"
     args = ["--data", str(data), "--save", str(run), *RUN]
-    assert train(data, args, fault=point, cache=cache) == -signal.SIGKILL
+    kill_at(point, "train.py", args, cache)
+    if point.startswith("batch@"):  # killed after batch b of its epoch: last.pt is from the last multiple of 3
+        b = (int(point.partition("@")[2]) - 1) % BATCHES + 1
+        assert load_checkpoint(run, "last.pt")["state"]["batches"] == b - b % int(CHECKPOINT_BATCHES)
     finish(data, run, args, cache)
     assert_same(state(run), expected)
 
@@ -127,7 +146,7 @@ def test_killed_finetuning_resumes_to_the_same_result(reference, tmp_path, point
     run = tmp_path / "run"
     shutil.copytree(ref_run, run)
     args = ["--finetune", str(run), *FINETUNE]
-    assert train(data, args, fault=point, cache=cache) == -signal.SIGKILL
+    kill_at(point, "train.py", args, cache)
     finish(data, tmp_path / "run-finetune", args, cache)
     assert_same(state(tmp_path / "run-finetune"), expected)
 
@@ -139,10 +158,7 @@ def test_killed_finetuning_resumes_to_the_same_result(reference, tmp_path, point
 def test_killed_evaluation_or_sampling_changes_no_file(reference, script, args, point):
     data, cache, run, _, _ = reference
     before = digests(run)
-    env = {**os.environ, "LM_FAULT": point, "LM_DATA_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / script), str(run), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    kill_at(point, script, [str(run), *args], cache)
     assert digests(run) == before
 
 
