@@ -181,7 +181,8 @@ MUTANTS = {
         "train.py", "    optimizer.load_state_dict(state)\n",
         '    optimizer.load_state_dict({**state, "state": {k: {**v, "step": v["step"] * 0} '
         'for k, v in state["state"].items()}})\n'),
-    "resume-keeps-metrics-of-unsaved-epochs": ("train.py", "        truncate_metrics(run.dir, run.state.epoch)\n", ""),
+    "resume-keeps-metrics-of-unsaved-epochs": ("train.py", "                if metrics is not None:\n"
+                                               "                    write_metrics(self.dir, metrics)\n", ""),
     "nt-asgd-restarts-when-the-trigger-holds-again": ("optim.py",
                                                       'if self.mode == "trigger" and not self.active and trigger:',
                                                       'if self.mode == "trigger" and trigger:'),
@@ -205,7 +206,7 @@ MUTANTS = {
 
 # Folders of results/ that tests read (the trial configs that the budget presets must equal); the
 # rest of results/ is not copied.
-RESULTS_READ_BY_TESTS = {"budget-trials"}
+RESULTS_READ_BY_TESTS = {"budget-trials", "h200-2026-12-04"}
 
 
 def skip_in_copy(folder, names):
