@@ -377,8 +377,8 @@ def main(argv=None):
     if args.lstm_kernel != "auto" and "preset" not in CONFIGS[args.config]:
         parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
     for flag, path in (("--json", args.json), ("--profile", args.profile)):
-        if path and cli.file_problem(path, flag):
-            parser.error(cli.file_problem(path, flag))
+        if path and (problem := cli.file_problem(path, flag)):
+            parser.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train.py does
