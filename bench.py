@@ -377,7 +377,7 @@ def main(argv=None):
     if args.lstm_kernel != "auto" and "preset" not in CONFIGS[args.config]:
         parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
     for flag, path in (("--json", args.json), ("--profile", args.profile)):
-        if path and (problem := cli.file_problem(path, flag)):
+        if problem := cli.file_problem(path, flag):
             parser.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -77,8 +77,8 @@ def main(argv=None):
                    help="time the forward alone, without gradients, at evaluation's shapes")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
     args = p.parse_args(argv)
-    if args.json and cli.file_problem(args.json, "--json"):
-        p.error(cli.file_problem(args.json, "--json"))
+    if problem := cli.file_problem(args.json, "--json"):
+        p.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -239,11 +239,11 @@ def checkpoint_level(ckpt):
     return ckpt.get("level", "word")
 
 
-def metric_lines(path):
+def metric_lines(data):
     """(line number, raw line, row dict or None where unreadable) of each non-empty line of a
-    metrics.jsonl file; a line without its newline (torn by a kill during an append) is kept."""
+    metrics.jsonl file's bytes; a line without its newline (torn by a kill during an append) is kept."""
     out = []
-    for number, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+    for number, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip():
             continue
         try:
@@ -262,7 +262,7 @@ def read_metrics(run_dir):
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    lines = metric_lines(path)
+    lines = metric_lines(path.read_bytes())
     for number, _, row in lines[:-1]:
         if row is None:
             raise CheckpointError(f"line {number} of {path} is unreadable; mend or delete it")
@@ -279,7 +279,8 @@ def kept_metrics(run_dir, epochs_done):
     path = Path(run_dir) / METRICS
     if not path.exists():
         return None, None
-    lines, kept, epoch, note = metric_lines(path), [], 0, None
+    data = path.read_bytes()
+    lines, kept, epoch, note = metric_lines(data), [], 0, None
     for i, (number, raw, row) in enumerate(lines):
         epoch = row["epoch"] if row else epoch + 1  # one line per epoch, in order
         if row is None and epoch <= epochs_done:
@@ -290,7 +291,7 @@ def kept_metrics(run_dir, epochs_done):
         if row is not None and epoch <= epochs_done:
             kept.append(raw + b"\n")
     text = b"".join(kept)
-    return (None if text == path.read_bytes() else text), note
+    return (None if text == data else text), note
 
 
 def append_metrics(run_dir, row):

@@ -61,7 +61,10 @@ def folder_problem(path, flag):
 
 def file_problem(path, flag):
     """Why `path` cannot be a file that this script writes (its folder must exist), as one line,
-    or None. Checked before the work whose result goes there."""
+    or None (also for no path: the flag was not given). Checked before the work whose result
+    goes there."""
+    if not path:
+        return None
     path = Path(path)
     if path.is_dir():
         return f"{flag} {path} is a folder, not a file"

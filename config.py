@@ -317,9 +317,9 @@ def check_config(cfg, given):
         problem = cfg[key] and dtype_problem(cfg["device"], cfg[key])
         if problem:
             raise ConfigError(f"{flag(key)} {cfg[key]}: {problem}")
-    if not 0 <= cfg["warmup"] < (0.5 if cfg["schedule"] == "onecycle-flat" else 1):
-        raise ConfigError(f"--warmup must be in [0, {0.5 if cfg['schedule'] == 'onecycle-flat' else 1}) for "
-                          f"--schedule {cfg['schedule']}, got {cfg['warmup']}")
+    most = 0.5 if cfg["schedule"] == "onecycle-flat" else 1  # its warm-up and cool-down must fit in one run
+    if not 0 <= cfg["warmup"] < most:
+        raise ConfigError(f"--warmup must be in [0, {most}) for --schedule {cfg['schedule']}, got {cfg['warmup']}")
     if cfg["average_start"] is not None and not 0 <= cfg["average_start"] < 1:
         raise ConfigError(f"--average-start must be in [0, 1), got {cfg['average_start']}")
     if cfg.get("finetune") and "average_start" in given:

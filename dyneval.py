@@ -118,6 +118,25 @@ def _digest(tensors):
     return h.hexdigest()
 
 
+def load_keyed(path, fmt, key, what, advice, holds, flag, needs=(), map_location="cpu"):
+    """A file that dyneval saved as {"format", "key", ...}, read for a pass with this `key`: damaged,
+    or without "key" or a field of `needs`, it is a one-line CheckpointError ("cannot read <what>
+    <path>: ...; <advice>"); made for another key or format, a DataError naming what differs."""
+    saved, verified = load_file(path, what, advice, map_location)
+    try:
+        for name in needs:
+            saved[name]
+        differ = [k for k in key if saved["key"].get(k) != key[k]]
+    except Exception as e:  # noqa: BLE001 - any file of another shape gets the same one-line error
+        raise CheckpointError(f"cannot read {what} {path}: {cli.first_line(e)}; {advice}") from None
+    if saved.get("format") != fmt or differ:
+        raise DataError(f"{path} holds {holds} other {', '.join(differ) or 'format'}; give {flag} another path "
+                        "or delete the file")
+    if not verified:
+        unverified_notice(path)
+    return saved
+
+
 def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=False, path=None):
     """gradient_statistics, kept in the file at path (when given) for the next split or run: read
     from it when it was made from these weights, training data and settings, else computed and
@@ -128,19 +147,9 @@ def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=Fal
     key = {"weights": _digest(p for _, p in sorted(model.named_parameters())), "data": _digest([source]),
            "bptt": bptt, "stat_batches": max_batches, "dtype": dtype}
     if path.exists():
-        what, advice = "gradient statistics from", "delete it, and they are computed again"
-        saved, verified = load_file(path, what, advice, map_location=source.device)
-        try:
-            saved_key, ms = saved["key"], saved["ms"]
-        except Exception as e:  # noqa: BLE001 - any file of another shape gets the same one-line error
-            raise CheckpointError(f"cannot read {what} {path}: {cli.first_line(e)}; {advice}") from None
-        differ = [k for k in key if saved_key.get(k) != key[k]]
-        if saved.get("format") != STATS_FORMAT or differ:
-            raise DataError(f"{path} holds gradient statistics of other {', '.join(differ) or 'format'}; give "
-                            "--dyn-stats another path or delete the file")
-        if not verified:
-            unverified_notice(path)
-        return ms
+        return load_keyed(path, STATS_FORMAT, key, needs=("ms",), what="gradient statistics from",
+                          advice="delete it, and they are computed again", holds="gradient statistics of",
+                          flag="--dyn-stats", map_location=source.device)["ms"]
     ms = gradient_statistics(model, source, bptt, max_batches, dtype, progress)
     save_file({"format": STATS_FORMAT, "key": key, "ms": ms}, path)
     return ms
@@ -283,19 +292,8 @@ class PassFile:
     def _load(self):
         if not self.path.exists():
             return None
-        what, advice = "the saved pass", "delete it to start the pass over"
-        saved, verified = load_file(self.path, what, advice)
-        try:
-            saved_key = saved["key"]
-        except Exception as e:  # noqa: BLE001 - any file of another shape gets the same one-line error
-            raise CheckpointError(f"cannot read {what} {self.path}: {cli.first_line(e)}; {advice}") from None
-        differ = [k for k in self.key if saved_key.get(k) != self.key[k]]
-        if saved.get("format") != PASS_FORMAT or differ:
-            raise DataError(f"{self.path} holds a pass with other {', '.join(differ) or 'format'}; give "
-                            "--dyn-checkpoint another path or delete the file")
-        if not verified:
-            unverified_notice(self.path)
-        return saved
+        return load_keyed(self.path, PASS_FORMAT, self.key, what="the saved pass",
+                          advice="delete it to start the pass over", holds="a pass with", flag="--dyn-checkpoint")
 
     def due(self):
         return time.time() - self.saved_at >= self.every

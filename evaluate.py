@@ -229,7 +229,7 @@ def prepare(args):
             raise DataError(f"{flag} must be at least 1, got {value}")
     outputs = {"--json": args.json, "--dyn-stats": args.dyn_stats, "--dyn-checkpoint": args.dyn_checkpoint}
     for flag, path in outputs.items():
-        if path and (problem := cli.file_problem(path, flag)):  # checked before the scoring whose result goes there
+        if problem := cli.file_problem(path, flag):  # checked before the scoring whose result goes there
             raise DataError(problem)
     problem = cli.device_problem(device, args.dtype, unscaled_backward=args.dynamic_eval)
     if problem:

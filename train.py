@@ -155,8 +155,8 @@ class Run:
     def __init__(self, cfg, ckpt=None, mode="new", world=ONE_PROCESS, lock=None):
         self.cfg, self.mode, self.world = cfg, mode, world
         self.dir, self.lock = Path(cfg["save"]), lock or RunLock(cfg["save"], enabled=False)
-        if cli.folder_problem(self.dir, "--save"):
-            raise ConfigError(cli.folder_problem(self.dir, "--save"))
+        if problem := cli.folder_problem(self.dir, "--save"):
+            raise ConfigError(problem)
         self.device = torch.device(distributed.device(cfg["device"], world))
         if self.device.type == "cuda" and world.active:
             torch.cuda.set_device(self.device)

@@ -162,8 +162,7 @@ def input_problem(args):
         return "--lambdas must all be in [0, 1]"
     if any(not lr >= 0 for lr in args.lrs or []):
         return "--lrs must not be negative"
-    return (cli.folder_problem(args.out, "--out")
-            or (cli.file_problem(args.dyn_stats, "--dyn-stats") if args.dyn_stats else None))
+    return cli.folder_problem(args.out, "--out") or cli.file_problem(args.dyn_stats, "--dyn-stats")
 
 
 def main(argv=None):
