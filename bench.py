@@ -32,14 +32,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import cli
 import train
-from config import base_defaults, model_config, resolve_config
 from data import DataError, batchify, get_batch, load_corpus
 from evaluate import eval_window, score_batch
-from kernels import DTYPES, HALF, LSTM_KERNELS, Workspace, keep_freed_memory
+from lm import cli
+from lm.config import base_defaults, model_config, resolve_config
+from lm.kernels import DTYPES, HALF, LSTM_KERNELS, Workspace, keep_freed_memory
+from lm.optim import LossScaler
 from model import LanguageModel, LMOutput, build_model
-from optim import LossScaler
 
 WT2_VOCAB = 33_278
 CONFIGS = {

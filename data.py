@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 
 import torch
 
-import cli
-from checkpoint import CheckpointError, load_file, save_file  # checkpoint.py knows the file formats
+from lm import cli
+from lm.checkpoint import CheckpointError, load_file, save_file  # checkpoint.py knows the file formats
 
 EOS = "<eos>"
 UNK = "<unk>"

@@ -23,12 +23,11 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-import cli
-import faults
-from cache import CACHE_DEFAULTS, PointerCache, check_settings
-from checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
 from data import DataError, batchify, corpus_name, get_batch, load_corpus
-from dyneval import (
+from lm import cli, faults
+from lm.cache import CACHE_DEFAULTS, PointerCache, check_settings
+from lm.checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
+from lm.dyneval import (
     DYNAMIC_DEFAULTS,
     STAT_BATCH_SIZE,
     DynamicSettings,
@@ -37,8 +36,8 @@ from dyneval import (
     pass_key,
     statistics,
 )
-from dyneval import check_settings as check_dynamic
-from kernels import DTYPES, Workspace, autocast
+from lm.dyneval import check_settings as check_dynamic
+from lm.kernels import DTYPES, Workspace, autocast
 
 
 class Scores(NamedTuple):

@@ -12,10 +12,9 @@ import sys
 
 import torch
 
-import cli
-import faults
-from checkpoint import CheckpointError, checkpoint_level, load_model
 from data import EOS, UNK
+from lm import cli, faults
+from lm.checkpoint import CheckpointError, checkpoint_level, load_model
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import (
+from lm.kernels import (
     LSTM_KERNELS,
     SCORE_ROWS,
     TiedGradient,

@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import checkpoint
-import cli
-from checkpoint import METRICS
+from lm import checkpoint, cli
+from lm.checkpoint import METRICS
 
 
 class PlotError(Exception):

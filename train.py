@@ -25,10 +25,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import cli
-import distributed
-import faults
-from checkpoint import (
+from data import DataError, batchify, get_batch, load_corpus
+from evaluate import Scores, evaluate
+from lm import cli, distributed, faults
+from lm.checkpoint import (
     BEST,
     LAST,
     CheckpointError,
@@ -41,20 +41,10 @@ from checkpoint import (
     write_config,
     write_metrics,
 )
-from config import ConfigError, model_config, resolve_config
-from data import DataError, batchify, get_batch, load_corpus
-from distributed import ONE_PROCESS, DistributedError
-from evaluate import Scores, evaluate
-from kernels import Workspace, autocast, keep_freed_memory
-from model import (
-    activation_regularization,
-    build_model,
-    config_from_dict,
-    detach_hidden,
-    map_hidden,
-    temporal_activation_regularization,
-)
-from optim import (
+from lm.config import ConfigError, model_config, resolve_config
+from lm.distributed import ONE_PROCESS, DistributedError
+from lm.kernels import Workspace, autocast, keep_freed_memory
+from lm.optim import (
     NO_SCALING,
     PROGRESS_SCHEDULES,
     Averaging,
@@ -64,8 +54,16 @@ from optim import (
     scaled_lr,
     scheduled_lr,
 )
+from lm.runlock import RunLock
+from model import (
+    activation_regularization,
+    build_model,
+    config_from_dict,
+    detach_hidden,
+    map_hidden,
+    temporal_activation_regularization,
+)
 from plot import PlotError, plot_runs
-from runlock import RunLock
 
 MAX_LOSS = 700.0  # nats per token; e**700 is near the float64 limit, and a loss this large has diverged
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
-import cli
+from lm import checkpoint, cli
 
 
 def seconds(f):

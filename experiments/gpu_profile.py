@@ -1,7 +1,7 @@
 """A few batches of train.py's own training loop under torch.profiler, with the host
 synchronisations they make (CUDA), for gpu_reproduce.sh --profile.
 
-    python experiments/gpu_profile.py --out profile.txt --json profile.json -- --preset awd-lstm-gpu --device cuda \\
+    python -m experiments.gpu_profile --out profile.txt --json profile.json -- --preset awd-lstm-gpu --device cuda \\
         --save /tmp/profile-run
 
 Everything after `--` is train.py's command line (a new run; --save must name a new folder). The
@@ -20,12 +20,10 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-import train  # noqa: E402
-from config import resolve_config  # noqa: E402
+import train
+from lm.config import resolve_config
 
 
 @contextmanager

@@ -10,7 +10,7 @@
 # preset trained for MINUTES - 3 minutes; WikiText-2 test at batch 1, plain, with the cache, and
 # with dynamic evaluation (its statistics capped at DYN_STAT_BATCHES segments; it gets the time
 # left, and a pass that runs out reports the perplexity of the text it scored); a sample; with
-# --profile (or PROFILE=1), a few training batches under torch.profiler (experiments/gpu_profile.py).
+# --profile (or PROFILE=1), a few training batches under torch.profiler (experiments.gpu_profile).
 # OUTDIR (new or empty) gets summary.md, summary.json, logs.tar.gz (every log) and, with
 # --profile, profile.txt. The run directory (weights) stays in WORK (default: a new temporary
 # folder), printed at the start. A failing step's exit status is recorded and the script goes on.
@@ -54,7 +54,7 @@ echo "gpu_reproduce: $MINUTES minutes, training $TRAIN_MINUTES; logs and run dir
 report() {  # the summary and the archive, as they stand
     local pass=()
     [ -f "$WORK/dyn-pass.pt" ] && pass=(--dyn-pass "$WORK/dyn-pass.pt")
-    $PY experiments/gpu_summary.py "$LOGS" "$OUT" "${pass[@]}" >> "$LOGS/summary.log" 2>&1 \
+    $PY -m experiments.gpu_summary "$LOGS" "$OUT" "${pass[@]}" >> "$LOGS/summary.log" 2>&1 \
         || echo "warning: the summary failed (logs/summary.log)" >&2
     [ -f "$LOGS/profile.txt" ] && cp "$LOGS/profile.txt" "$OUT/profile.txt"
     tar -czf "$OUT/logs.tar.gz.tmp" -C "$WORK" logs && mv "$OUT/logs.tar.gz.tmp" "$OUT/logs.tar.gz"
@@ -118,7 +118,7 @@ step test-cache "${CAP_SCORE:-45}" test-cache.log $PY evaluate.py "$RUN" --split
 step sample "${CAP_SAMPLE:-30}" sample.log $PY generate.py "$RUN" --device "$DEVICE" --temperature 0.8 --words 80 \
     --seed 1 --prompt "${PROMPT:-the meaning of}"
 if [ "$PROFILE" = 1 ]; then
-    step profile "${CAP_PROFILE:-60}" profile.log $PY experiments/gpu_profile.py --out "$LOGS/profile.txt" \
+    step profile "${CAP_PROFILE:-60}" profile.log $PY -m experiments.gpu_profile --out "$LOGS/profile.txt" \
         --json "$LOGS/profile.json" -- --preset "$PRESET" --device "$DEVICE" --save "$WORK/profile-run" $TRAIN_ARGS
 fi
 # Dynamic evaluation gets the rest; stopped by its deadline, it saves its pass (SIGTERM), which

@@ -1,6 +1,6 @@
 """The summary of a gpu_reproduce.sh run: one table in OUT/summary.md and the same in OUT/summary.json.
 
-    python experiments/gpu_summary.py LOGS OUT [--dyn-pass FILE]
+    python -m experiments.gpu_summary LOGS OUT [--dyn-pass FILE]
 
 LOGS is the script's log folder; each file is read when it is there, so the summary can be made
 after any step. steps.tsv holds one line per step: name, exit status, seconds, deadline (seconds).

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint import read_metrics
-from kernels import bf16_is_fast
+from lm.checkpoint import read_metrics
+from lm.kernels import bf16_is_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

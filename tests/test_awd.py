@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-import optim
 import train
-from config import model_config, resolve_config
 from helpers import AWD_TINY, ROOT, metrics, step_by_step, write_corpus
-from kernels import autocast
+from lm import optim
+from lm.config import model_config, resolve_config
+from lm.kernels import autocast
+from lm.optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
 from model import (
     AWDLSTM,
     AWDConfig,
@@ -21,7 +22,6 @@ from model import (
     embedding_dropout,
     temporal_activation_regularization,
 )
-from optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
 
 
 def new_model(cfg, vocab_size):
@@ -309,9 +309,9 @@ def trigger_after_epoch_2(monkeypatch):
 
 def test_after_the_trigger_evaluation_and_model_pt_use_the_averaged_weights(
         corpus_dir, tmp_path, trigger_after_epoch_2):
-    from checkpoint import load_model
     from data import batchify, load_corpus
     from evaluate import evaluate
+    from lm.checkpoint import load_model
     run = tmp_path / "run"
     assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "4", *AWD_TINY]) == 0
     rows = metrics(run)
@@ -430,7 +430,7 @@ def test_baseline_and_awd_flags_do_not_mix(tmp_path, capsys):
 
 
 def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path):
-    import ablate
+    from experiments import ablate
     out = tmp_path / "ablation"
     assert ablate.main(["--data", str(corpus_dir), "--train-lines", "200", "--emsize", "8", "--nhid", "16",
                         "--nlayers", "2", "--epochs", "1", "--batch-size", "4", "--bptt", "10",
@@ -446,7 +446,7 @@ def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path):
 
 
 def test_cosine_and_onecycle_schedules_warm_up_then_decay():
-    from optim import scheduled_lr
+    from lm.optim import scheduled_lr
     assert scheduled_lr("cosine", 1.0, 0.0, 0.1) == 0.0
     assert scheduled_lr("cosine", 1.0, 0.05, 0.1) == pytest.approx(0.5)
     assert scheduled_lr("cosine", 1.0, 0.1, 0.1) == pytest.approx(1.0)

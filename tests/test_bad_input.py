@@ -7,17 +7,15 @@ import pytest
 import torch
 
 import bench
-import char_experiment
-import cli
-import config
 import evaluate
 import generate
-import kernels
 import plot
 import train
 import tune
-from checkpoint import BEST, METRICS
+from experiments import char_experiment
 from helpers import AWD_TINY, TINY, digests, write_corpus
+from lm import cli, config, kernels
+from lm.checkpoint import BEST, METRICS
 
 SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main, "tune": tune.main,
            "plot": plot.main, "bench": bench.main}

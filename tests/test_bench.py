@@ -60,8 +60,8 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
 
 @needs_bf16_cpu
 def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monkeypatch):
-    import bench_lstm
-    from kernels import OWN_MIN_STEP_WORK
+    from experiments import bench_lstm
+    from lm.kernels import OWN_MIN_STEP_WORK
 
     big = OWN_MIN_STEP_WORK // (64 * 64) - 64  # batch 64, hidden 64: the input size at the threshold
     monkeypatch.setattr(bench_lstm, "SHAPES", [("small", 3, 2, 4, 8), ("at threshold", 2, 64, big, 64)])
@@ -79,7 +79,7 @@ def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monke
 
 @needs_bf16_cpu
 def test_bench_lstm_times_the_forward_alone_at_evaluation_shapes(tmp_path, monkeypatch):
-    import bench_lstm
+    from experiments import bench_lstm
     monkeypatch.setattr(bench_lstm, "EVAL_SHAPES", [("eval", 6, 2, 4, 8)])
     out = tmp_path / "eval.json"
     assert bench_lstm.main(["--reps", "1", "--forward-only", "--json", str(out)]) == 0

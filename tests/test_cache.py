@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import evaluate
-from cache import PointerCache, mixture_scores
 from helpers import metrics
+from lm.cache import PointerCache, mixture_scores
 from model import AWDLSTM, AWDConfig
 
 

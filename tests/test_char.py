@@ -6,14 +6,14 @@ import struct
 import pytest
 import torch
 
-import config
 import data
 import evaluate
 import generate
 import plot
-from checkpoint import load_model, read_metrics
 from data import DataError, load_corpus, split_text
 from helpers import SHARED_DATA, grammar_lines, train_once
+from lm import config
+from lm.checkpoint import load_model, read_metrics
 from model import ModelConfig, build_model
 
 CHAR_TINY = ["--level", "char", "--emsize", "16", "--nhid", "32", "--nlayers", "1", "--dropout", "0",

@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dyneval
 import evaluate
-import faults
 import train
-from cache import PointerCache
-from dyneval import DynamicSettings, dynamic_evaluate, gradient_statistics
 from helpers import ROOT, TINY, digests, write_corpus
+from lm import dyneval, faults
+from lm.cache import PointerCache
+from lm.dyneval import DynamicSettings, dynamic_evaluate, gradient_statistics
 from model import AWDLSTM, AWDConfig
 
 

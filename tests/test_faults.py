@@ -18,8 +18,8 @@ import sys
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
 from helpers import AWD_TINY, ROOT, digests, metrics, write_corpus
+from lm.checkpoint import load_checkpoint
 
 RUN = [*AWD_TINY, "--lr", "20", "--max-batches", "20", "--nonmono", "1", "--epochs", "6"]
 FINETUNE = ["--epochs", "3"]
@@ -169,7 +169,7 @@ def disk_trouble(monkeypatch, kind):
     import builtins
     import errno
 
-    import checkpoint
+    from lm import checkpoint
     real_open = builtins.open
 
     def failing_open(path, mode="r", *args, **kw):

@@ -1,8 +1,8 @@
 import torch
 
 import generate
-from checkpoint import load_model
 from data import EOS, UNK
+from lm.checkpoint import load_model
 
 
 def sample(run, *args, capsys):

@@ -1,8 +1,8 @@
 """The GPU-budget preset (awd-lstm-gpu) against the recipe it cites, and its lr schedule."""
 import pytest
 
-from config import ConfigError, resolve_config
-from optim import scheduled_lr
+from lm.config import ConfigError, resolve_config
+from lm.optim import scheduled_lr
 
 # sgugger/Adam-experiments, read by hand: README's language-model command
 # "python train_rnn.py 5e-3 --wd=1.2e-6 --alpha=3 --beta=1.5", train_rnn.py's train_lm defaults
@@ -45,8 +45,8 @@ def test_training_sets_the_flat_onecycle_lr(corpus_dir, tmp_path):
     """Each epoch's logged lr is the one set before its last batch: with --max-batches 5 that is at
     progress (epoch - 1 + 4/5) / epochs, one in each of the four phases."""
     import train
-    from checkpoint import read_metrics
     from helpers import TINY
+    from lm.checkpoint import read_metrics
     run = tmp_path / "run"
     assert train.main(["--data", str(corpus_dir), "--save", str(run), *TINY, "--optimizer", "adam", "--lr", "0.01",
                        "--schedule", "onecycle-flat", "--warmup", "0.25", "--epochs", "4", "--max-batches", "5"]) == 0

@@ -14,11 +14,9 @@ import pytest
 import torch
 
 import evaluate
-from dyneval import dynamic_evaluate, gradient_statistics
+from experiments import gpu_summary
 from helpers import ROOT, write_corpus
-
-sys.path.insert(0, str(ROOT / "experiments"))
-import gpu_summary  # noqa: E402
+from lm.dyneval import dynamic_evaluate, gradient_statistics
 
 SCRIPT = ROOT / "experiments" / "gpu_reproduce.sh"
 RECORD = ROOT / "results" / "h200-2026-12-04"

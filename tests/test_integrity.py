@@ -11,14 +11,14 @@ import sys
 import pytest
 import torch
 
-import checkpoint
 import evaluate
 import generate
 import train
 import tune
-from checkpoint import BEST, LAST, LOCK, METRICS, CheckpointError, load_checkpoint
-from dyneval import PassFile
 from helpers import TINY, digests, metrics
+from lm import checkpoint
+from lm.checkpoint import BEST, LAST, LOCK, METRICS, CheckpointError, load_checkpoint
+from lm.dyneval import PassFile
 
 FUZZ_CASES = 240  # flips and truncations of model.pt and last.pt, all in-process
 

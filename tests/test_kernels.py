@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import config
 import evaluate
-import kernels
 import model
 import train
 from data import batchify, load_corpus
 from helpers import TINY, needs_bf16_cpu
-from kernels import (
+from lm import config, kernels
+from lm.kernels import (
     Workspace,
     autocast,
     bf16_is_fast,

@@ -7,15 +7,13 @@ import pytest
 import torch
 from test_wiring import STEP_CFG, awd, batch, copy_of
 
-import cli
-import config
 import evaluate
 import generate
-import kernels
 import train
 import tune
 from helpers import AWD_TINY, TINY, assert_same_weights, metrics, weights
-from optim import LossScaler
+from lm import cli, config, kernels
+from lm.optim import LossScaler
 
 
 def fake_gpu(monkeypatch, capability):

@@ -10,10 +10,10 @@ import torch
 
 import evaluate
 import generate
-from checkpoint import load_model
 from data import EOS, load_corpus
 from helpers import write_corpus
-from optim import Averaging
+from lm.checkpoint import load_model
+from lm.optim import Averaging
 
 
 def test_nt_asgd_carries_its_average_on_when_the_trigger_holds_again():

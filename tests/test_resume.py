@@ -9,9 +9,9 @@ import types
 import pytest
 import torch
 
-import faults
 import train
 from helpers import TINY, assert_same_weights, metrics, weights
+from lm import faults
 
 
 def record_saves(monkeypatch):

@@ -10,12 +10,11 @@ import time
 import pytest
 import torch
 
-import checkpoint
-import config
 import evaluate
 import train
 from data import batchify, load_corpus
 from helpers import AWD_TINY, ROOT, TINY, assert_same_weights, metrics, weights
+from lm import checkpoint, config
 
 
 def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):

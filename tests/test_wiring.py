@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import config
 import model as model_module
 import train
-from checkpoint import load_checkpoint
 from data import batchify, load_corpus
 from evaluate import Scores, evaluate
 from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, step_by_step, weights
+from lm import config
+from lm.checkpoint import load_checkpoint
+from lm.optim import sample_seq_len, scheduled_lr
 from model import AWDLSTM, AWDConfig, ModelConfig, RNNModel
-from optim import sample_seq_len, scheduled_lr
 
 # Distinct rates, so that a swapped or misplaced one shows.
 RATES = {"dropout_embedding": 0.11, "dropout_input": 0.22, "dropout_hidden": 0.33, "dropout_output": 0.44,
@@ -248,7 +248,7 @@ def test_a_bf16_run_validates_in_fp32(corpus_dir, tmp_path):
     run = tmp_path / "run"
     flags = [f if f != "fp32" else "bf16" for f in TINY]
     assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "1", *flags]) == 0
-    from checkpoint import load_model
+    from lm.checkpoint import load_model
     net, ckpt = load_model(run)
     assert ckpt["train_config"]["dtype"] == "bf16" and ckpt["train_config"]["val_dtype"] == "fp32"
     val = batchify(load_corpus(str(corpus_dir)).valid, 4)

@@ -1,6 +1,6 @@
 """Technique-by-technique ablation ladder of AWD-LSTM at a size you choose.
 
-    python ablate.py --data ../shared/data/wikitext-2 --train-lines 2500 --eval-lines 1000 \\
+    python -m experiments.ablate --data ../shared/data/wikitext-2 --train-lines 2500 --eval-lines 1000 \\
         --emsize 100 --nhid 300 --epochs 3 --out results/ablation -- --nonmono 1
 
 Every rung trains AWD-LSTM's architecture with some techniques on and the rest off, then scores
@@ -27,11 +27,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import cli
 import evaluate
 import train
-from checkpoint import LAST, METRICS, has_run, load_checkpoint, read_metrics
 from data import SPLIT_FILES, split_paths
+from lm import cli
+from lm.checkpoint import LAST, METRICS, has_run, load_checkpoint, read_metrics
 
 OFF = ["--dropout-weight", "0", "--optimizer", "sgd", "--no-variable-bptt", "--dropout-embedding", "0",
        "--alpha", "0", "--beta", "0", "--no-locked-dropout", "--no-tied"]

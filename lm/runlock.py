@@ -10,7 +10,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from checkpoint import LOCK, CheckpointError
+from lm.checkpoint import LOCK, CheckpointError
 
 
 class RunLock:

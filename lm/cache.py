@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import model_scores
+from lm.kernels import model_scores
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Character-level experiment on Tiny Shakespeare: vanilla RNN vs LSTM (both 4x128), and our best
 LSTM, each trained, scored and sampled with train.py, evaluate.py and generate.py.
 
-    python char_experiment.py --data ../shared/data/tinyshakespeare/input.txt
-    python char_experiment.py --only rnn-128x4 lstm-128x4     # some runs (e.g. one per core)
-    python char_experiment.py --only                           # no training: rebuild the report
+    python -m experiments.char_experiment --data ../shared/data/tinyshakespeare/input.txt
+    python -m experiments.char_experiment --only rnn-128x4 lstm-128x4     # some runs (e.g. one per core)
+    python -m experiments.char_experiment --only                           # no training: rebuild the report
 
 The 4x128 pair repeats a published comparison (embedding -> 4 recurrent layers of 128 -> linear,
 no dropout), which found the RNN better: test loss 1.5644 vs 1.6645 nats/char, accuracy 53.55%
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-import cli
 import evaluate
 import generate
 import train
-from checkpoint import LAST, METRICS, has_run, load_checkpoint
+from lm import cli
+from lm.checkpoint import LAST, METRICS, has_run, load_checkpoint
 from plot import plot_runs
 
 PUBLISHED = {"rnn-128x4": (1.5644, 0.5355), "lstm-128x4": (1.6645, 0.5138)}

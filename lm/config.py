@@ -15,12 +15,12 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import cli
-from checkpoint import BEST, LAST, load_checkpoint
 from data import LEVELS
-from kernels import DTYPES, LSTM_KERNELS, default_dtype, dtype_problem
+from lm import cli
+from lm.checkpoint import BEST, LAST, load_checkpoint
+from lm.kernels import DTYPES, LSTM_KERNELS, default_dtype, dtype_problem
+from lm.optim import PROGRESS_SCHEDULES
 from model import MODEL_TYPES, AWDConfig, ModelConfig
-from optim import PROGRESS_SCHEDULES
 
 
 class ConfigError(Exception):

@@ -4,9 +4,9 @@ configs. This is where WeightDropLSTM's `auto` kernel threshold (kernels.OWN_MIN
 from. With --forward-only, the forward alone without gradients, at evaluation's shapes (20,000
 tokens per call at batch 10, and batch 1), where `auto` always takes the fused kernel.
 
-    python bench_lstm.py --json results/bench-lstm-kernels-cpu.json
-    python bench_lstm.py --dtype fp32 --json results/bench-lstm-kernels-cpu-fp32.json
-    python bench_lstm.py --forward-only --json results/bench-lstm-kernels-eval-cpu.json
+    python -m experiments.bench_lstm --json results/bench-lstm-kernels-cpu.json
+    python -m experiments.bench_lstm --dtype fp32 --json results/bench-lstm-kernels-cpu-fp32.json
+    python -m experiments.bench_lstm --forward-only --json results/bench-lstm-kernels-eval-cpu.json
 
 Each repetition times the fused layer and then ours on the same input, weights and output
 gradient; the first repetition is a warm-up and the median of the rest is reported.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-import cli
-from kernels import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
+from lm import cli
+from lm.kernels import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
 
 # (name, steps, batch, input, hidden)
 SHAPES = [

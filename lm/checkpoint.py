@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-import cli
-import faults
+from lm import cli, faults
 from model import build_model, config_from_dict
 
 # The layout of a checkpoint dict; raised when a change would break reading older ones.

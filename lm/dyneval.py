@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import cli
-import faults
-from checkpoint import CheckpointError, load_file, save_file, unverified_notice
 from data import DataError, get_batch
-from kernels import Workspace, autocast
+from lm import cli, faults
+from lm.checkpoint import CheckpointError, load_file, save_file, unverified_notice
+from lm.kernels import Workspace, autocast
 from model import detach_hidden, map_hidden
 
 

@@ -25,7 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-import cli
+from lm import cli
 from model import map_hidden
 
 

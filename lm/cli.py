@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-import kernels
+from lm import kernels
 
 DEVICES = "cpu, cuda, cuda:1, ..., or another accelerator that PyTorch has here (mps, xpu), in fp32"
 
