@@ -34,11 +34,11 @@ from torch import nn
 
 import train
 from data import DataError, batchify, get_batch, load_corpus
-from evaluate import eval_window, score_batch
 from lm import cli
 from lm.config import base_defaults, model_config, resolve_config
 from lm.kernels import DTYPES, HALF, LSTM_KERNELS, Workspace, keep_freed_memory
 from lm.optim import LossScaler
+from lm.scoring import eval_window, score_batch
 from model import LanguageModel, LMOutput, build_model
 
 WT2_VOCAB = 33_278
@@ -206,7 +206,7 @@ def shape_bound(shapes, gflops):
 
 def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, profiles=None):
     """Median tokens/s and peak memory of training (train.train_step, windows of bptt rows) and
-    evaluation (evaluate.score_batch, windows of evaluate.eval_window rows). With a `profiles`
+    evaluation (scoring.score_batch, windows of scoring.eval_window rows). With a `profiles`
     dict, one more batch of each phase runs under torch.profiler and its table of operators by
     self time is stored there under the phase's name."""
     torch.manual_seed(0)
@@ -315,7 +315,7 @@ def get_parser():
                    help="precisions to time, in this order, in one process (default: fp32)")
     p.add_argument("--steps", type=cli.count, default=30, help="training batches per timed window (default: 30)")
     p.add_argument("--eval-steps", type=cli.count, default=3,
-                   help="evaluation calls (of evaluate.EVAL_TOKENS tokens each) per timed window (default: 3)")
+                   help="evaluation calls (of scoring.EVAL_TOKENS tokens each) per timed window (default: 3)")
     p.add_argument("--windows", type=cli.count, default=5, help="timed windows; the median is reported (default: 5)")
     p.add_argument("--warmup", type=cli.count_or_zero, default=5, help="untimed batches first; 0: none (default: 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")

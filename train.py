@@ -26,7 +26,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import DataError, batchify, get_batch, load_corpus
-from evaluate import Scores, evaluate
 from lm import cli, distributed, faults
 from lm.checkpoint import (
     BEST,
@@ -54,7 +53,9 @@ from lm.optim import (
     scaled_lr,
     scheduled_lr,
 )
+from lm.plots import PlotError, plot_runs
 from lm.runlock import RunLock
+from lm.scoring import Scores, evaluate
 from model import (
     activation_regularization,
     build_model,
@@ -63,7 +64,6 @@ from model import (
     map_hidden,
     temporal_activation_regularization,
 )
-from plot import PlotError, plot_runs
 
 MAX_LOSS = 700.0  # nats per token; e**700 is near the float64 limit, and a loss this large has diverged
 

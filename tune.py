@@ -27,12 +27,12 @@ import torch
 from tqdm import tqdm
 
 from data import DataError, batchify, corpus_name, load_corpus
-from evaluate import evaluate
 from lm import cli
 from lm.cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
 from lm.checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model, write_atomically
 from lm.dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
 from lm.kernels import DTYPES
+from lm.scoring import evaluate
 
 CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
               "lam": [0.05, 0.1, 0.1279, 0.2]}

@@ -32,7 +32,7 @@ import generate
 import train
 from lm import cli
 from lm.checkpoint import LAST, METRICS, has_run, load_checkpoint
-from plot import plot_runs
+from lm.plots import plot_runs
 
 PUBLISHED = {"rnn-128x4": (1.5644, 0.5355), "lstm-128x4": (1.6645, 0.5138)}
 SMALL = ["--emsize", "128", "--nhid", "128", "--nlayers", "4", "--dropout", "0"]

@@ -310,8 +310,8 @@ def trigger_after_epoch_2(monkeypatch):
 def test_after_the_trigger_evaluation_and_model_pt_use_the_averaged_weights(
         corpus_dir, tmp_path, trigger_after_epoch_2):
     from data import batchify, load_corpus
-    from evaluate import evaluate
     from lm.checkpoint import load_model
+    from lm.scoring import evaluate
     run = tmp_path / "run"
     assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "4", *AWD_TINY]) == 0
     rows = metrics(run)

@@ -7,6 +7,7 @@ import torch
 
 import evaluate
 from helpers import metrics
+from lm import scoring
 from lm.cache import PointerCache, mixture_scores
 from model import AWDLSTM, AWDConfig
 
@@ -64,7 +65,7 @@ def test_evaluation_with_the_cache_equals_the_per_token_reference(batch, window,
     """Memory carried across evaluation windows, a window shorter and longer than them, batch > 1."""
     model, theta, lam = tiny_model(), 0.7, 0.3
     source = torch.randint(0, 40, (120, batch), generator=torch.Generator().manual_seed(1))
-    got = evaluate.evaluate(model, source, window=eval_window, cache=PointerCache(window, theta, lam))
+    got = scoring.evaluate(model, source, window=eval_window, cache=PointerCache(window, theta, lam))
     loss, accuracy = reference(model, source, window, theta, lam)
     assert got.loss == pytest.approx(loss, rel=1e-5)
     assert got.accuracy == accuracy
@@ -75,7 +76,7 @@ def test_original_gaps_leave_out_the_first_window_and_each_chunk_start():
     evaluation chunk."""
     model, theta, lam, window, chunk = tiny_model(), 0.7, 0.3, 10, 25
     source = torch.randint(0, 40, (101, 1), generator=torch.Generator().manual_seed(2))
-    got = evaluate.evaluate(model, source, window=17, cache=PointerCache(window, theta, lam, original_gaps=chunk))
+    got = scoring.evaluate(model, source, window=17, cache=PointerCache(window, theta, lam, original_gaps=chunk))
     loss, accuracy = reference(model, source, window, theta, lam, lambda g: g > window and g % chunk != 0)
     assert got.loss == pytest.approx(loss, rel=1e-5)
     assert got.accuracy == accuracy
@@ -96,7 +97,7 @@ def test_a_position_never_sees_its_own_output_or_target():
 def test_lambda_zero_gives_plain_evaluation_exactly():
     model = tiny_model()
     source = torch.randint(0, 40, (200, 1), generator=torch.Generator().manual_seed(3))
-    assert evaluate.evaluate(model, source, cache=PointerCache(50, 1.0, 0.0)) == evaluate.evaluate(model, source)
+    assert scoring.evaluate(model, source, cache=PointerCache(50, 1.0, 0.0)) == scoring.evaluate(model, source)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -106,8 +107,8 @@ def test_a_pass_with_the_cache_also_counts_the_model_alone_exactly(batch):
     source = torch.randint(0, 40, (150, batch), generator=torch.Generator().manual_seed(6))
     source[::5] = 7
     cache = PointerCache(40, 1.0, 0.3)
-    cached = evaluate.evaluate(model, source, window=23, cache=cache)
-    plain = evaluate.evaluate(model, source, window=23)
+    cached = scoring.evaluate(model, source, window=23, cache=cache)
+    plain = scoring.evaluate(model, source, window=23)
     tokens = source[1:].numel()
     assert (cache.model_nats.item() / tokens, cache.model_correct.item() / tokens) == (plain.loss, plain.accuracy)
     assert cached.loss < plain.loss  # and the mixture itself is not what was counted
@@ -117,8 +118,8 @@ def test_the_cache_lowers_the_loss_on_a_text_that_repeats_a_rare_word():
     model = tiny_model()
     source = torch.randint(0, 40, (300, 1), generator=torch.Generator().manual_seed(4))
     source[::4] = 7  # the untrained model gives word 7 about 1/40
-    plain = evaluate.evaluate(model, source)
-    cached = evaluate.evaluate(model, source, cache=PointerCache(100, 1.0, 0.2))
+    plain = scoring.evaluate(model, source)
+    cached = scoring.evaluate(model, source, cache=PointerCache(100, 1.0, 0.2))
     assert cached.loss < plain.loss - 0.05
 
 
@@ -174,9 +175,9 @@ def test_the_tuning_grid_scores_each_setting_as_evaluation_does():
     rows = tune.cache_grid(model, source, grid, "fp32", chunk=700)
     assert len(rows) == 1 + 8
     for s, loss in rows[1:]:
-        expected = evaluate.evaluate(model, source, cache=PointerCache(s["window"], s["theta"], s["lam"])).loss
+        expected = scoring.evaluate(model, source, cache=PointerCache(s["window"], s["theta"], s["lam"])).loss
         assert loss == pytest.approx(expected, rel=1e-6), s
-    assert rows[0][1] == evaluate.evaluate(model, source).loss
+    assert rows[0][1] == scoring.evaluate(model, source).loss
 
 
 def test_tune_writes_its_table_and_the_command_for_test(trained_run, tmp_path, capsys):

@@ -12,7 +12,7 @@ import generate
 import plot
 from data import DataError, load_corpus, split_text
 from helpers import SHARED_DATA, grammar_lines, train_once
-from lm import config
+from lm import config, plots, scoring
 from lm.checkpoint import load_model, read_metrics
 from model import ModelConfig, build_model
 
@@ -101,7 +101,7 @@ def test_accuracy_and_bits_on_a_hand_made_example():
         model.decoder.weight.zero_()
         model.decoder.bias.copy_(torch.tensor([1.0, -1.0]))
     source = torch.tensor([0, 0, 1, 0, 0]).view(-1, 1)  # "aabaa": inputs "aaba", targets "abaa"
-    scores = evaluate.evaluate(model, source)
+    scores = scoring.evaluate(model, source)
     log_p = torch.log_softmax(torch.tensor([1.0, -1.0]), 0)
     assert scores.accuracy == 0.75
     assert scores.loss == pytest.approx(-(3 * log_p[0] + log_p[1]).item() / 4, rel=1e-6)
@@ -152,8 +152,8 @@ def test_train_plot_and_plot_py_write_valid_pngs(char_run, tmp_path):
 
 def test_minutes_are_the_logged_ones_or_the_summed_epoch_times():
     rows = [{"epoch_seconds": 60.0, "minutes": 1.5}, {"epoch_seconds": 120.0, "minutes": 3.5}]
-    assert plot.minutes(rows) == [1.5, 3.5]
-    assert plot.minutes([{"epoch_seconds": 60.0}, {"epoch_seconds": 30.0}]) == [1.0, 1.5]
+    assert plots.minutes(rows) == [1.5, 3.5]
+    assert plots.minutes([{"epoch_seconds": 60.0}, {"epoch_seconds": 30.0}]) == [1.0, 1.5]
 
 
 def test_metrics_rows_log_the_cumulative_minutes(char_run):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import evaluate
 import train
 from helpers import ROOT, TINY, digests, write_corpus
-from lm import dyneval, faults
+from lm import dyneval, faults, scoring
 from lm.cache import PointerCache
 from lm.dyneval import DynamicSettings, dynamic_evaluate, gradient_statistics
 from model import AWDLSTM, AWDConfig
@@ -41,7 +41,7 @@ def plain_evaluation(model, source):
     """Batch-1 evaluation in 5-token windows, with the LSTM kernel that dynamic evaluation uses
     (the kernels agree to float rounding, not bit for bit)."""
     with model.lstm_kernel(dyneval.DYNAMIC_LSTM_KERNEL):
-        return evaluate.evaluate(model, source, window=5)
+        return scoring.evaluate(model, source, window=5)
 
 
 def test_no_step_and_no_decay_give_plain_evaluation_exactly():
@@ -59,7 +59,7 @@ def test_with_a_cache_and_no_step_it_equals_plain_evaluation_with_the_cache_exac
     settings = DynamicSettings(lr=0.0, lam=0.0, epsilon=1e-3)
     loss, accuracy = dynamic_evaluate(model, source, fake_ms(model), settings, cache=PointerCache(30, 0.8, 0.3))
     with model.lstm_kernel(dyneval.DYNAMIC_LSTM_KERNEL):
-        cached = evaluate.evaluate(model, source, window=5, cache=PointerCache(30, 0.8, 0.3))
+        cached = scoring.evaluate(model, source, window=5, cache=PointerCache(30, 0.8, 0.3))
     assert (loss, accuracy) == (cached.loss, cached.accuracy)
     assert loss != plain_evaluation(model, source).loss
 

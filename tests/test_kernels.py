@@ -9,12 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import evaluate
 import model
 import train
 from data import batchify, load_corpus
 from helpers import TINY, needs_bf16_cpu
-from lm import config, kernels
+from lm import config, kernels, scoring
 from lm.kernels import (
     Workspace,
     autocast,
@@ -248,7 +247,7 @@ def test_evaluation_does_not_depend_on_the_window(corpus_dir, tmp_path):
     corpus = load_corpus(str(corpus_dir))
     model = build_model(AWDConfig(vocab_size=len(corpus.itos), emsize=16, nhid=32, nlayers=2))
     source = batchify(corpus.valid, 1, "cpu")
-    short, long = (evaluate.evaluate(model, source, window=window) for window in (7, 500))
+    short, long = (scoring.evaluate(model, source, window=window) for window in (7, 500))
     assert short.loss == pytest.approx(long.loss, rel=1e-5)
     assert short.accuracy == long.accuracy
 

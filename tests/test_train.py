@@ -14,7 +14,7 @@ import evaluate
 import train
 from data import batchify, load_corpus
 from helpers import AWD_TINY, ROOT, TINY, assert_same_weights, metrics, weights
-from lm import checkpoint, config
+from lm import checkpoint, config, scoring
 
 
 def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
@@ -23,7 +23,7 @@ def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
     best = min(metrics(run), key=lambda r: r["val_loss"])
     assert ckpt["state"]["epoch"] == best["epoch"]
     val = batchify(load_corpus(str(folder)).valid, ckpt["train_config"]["eval_batch_size"])
-    assert evaluate.evaluate(model, val).loss == best["val_loss"]
+    assert scoring.evaluate(model, val).loss == best["val_loss"]
 
 
 def test_checkpoint_holds_only_plain_data_and_loads_weights_only(trained_run):

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 import model as model_module
 import train
 from data import batchify, load_corpus
-from evaluate import Scores, evaluate
 from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, step_by_step, weights
 from lm import config
 from lm.checkpoint import load_checkpoint
 from lm.optim import sample_seq_len, scheduled_lr
+from lm.scoring import Scores, evaluate
 from model import AWDLSTM, AWDConfig, ModelConfig, RNNModel
 
 # Distinct rates, so that a swapped or misplaced one shows.

@@ -1,0 +1,70 @@
+"""The plain scoring pass: a model's loss and next-token accuracy over a batchified split, window
+after window with the recurrent state carried across, without gradients. Validation in train.py,
+evaluate.py, tune.py and bench.py all score through it."""
+import math
+import sys
+from typing import NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from data import get_batch
+from lm import faults
+from lm.kernels import Workspace, autocast
+
+
+class Scores(NamedTuple):
+    loss: float  # mean cross-entropy, nats per token
+    accuracy: float  # fraction of tokens whose most likely prediction is right
+
+    @property
+    def bits(self):
+        """Mean cross-entropy in bits per token (bits per character at char level)."""
+        return self.loss / math.log(2)
+
+    @property
+    def ppl(self):
+        return math.exp(self.loss)
+
+
+def score_batch(model, x, y, hidden, dtype, workspace=None, cache=None):
+    """One window without gradients: (summed nats, correct predictions, new hidden state)."""
+    with autocast(x.device, dtype):
+        return model.score(x, y, hidden, workspace, cache)
+
+
+EVAL_TOKENS = 20_000  # tokens per forward call of evaluation, whatever the batch size
+
+
+def eval_window(batch_size):
+    """Rows per forward call when evaluating at batch_size: long windows make the input
+    projections and the decoder large matmuls (much faster than 70-token windows at batch 1; see
+    the README's speed section); they cannot change the result, only its float rounding."""
+    return max(1, EVAL_TOKENS // batch_size)
+
+
+@torch.no_grad()
+def evaluate(model, source, dtype="fp32", window=None, progress=False, cache=None):
+    """Scores of a model over a batchified source, shape (rows, batch).
+
+    The recurrent state is carried from one window to the next, so every token after the first
+    of a column is predicted with the whole column before it as context, and the window length
+    (default: eval_window) changes only how many tokens each forward call takes. One host sync
+    at the end. A fresh cache.PointerCache mixes its cache into the predictions.
+    """
+    model.eval()
+    hidden = model.init_hidden(source.size(1))
+    nats = torch.zeros((), dtype=torch.float64, device=source.device)
+    correct = torch.zeros((), dtype=torch.float64, device=source.device)
+    window = window or eval_window(source.size(1))
+    starts, workspace = range(0, source.size(0) - 1, window), Workspace()
+    bar = tqdm(starts, desc="eval", disable=not progress, leave=False,
+               mininterval=0.5 if sys.stderr.isatty() else 60)
+    for i in bar:
+        x, y = get_batch(source, i, window)
+        n, c, hidden = score_batch(model, x, y, hidden, dtype, workspace, cache)
+        faults.point("validating")
+        nats += n
+        correct += c
+    tokens = (source.size(0) - 1) * source.size(1)
+    return Scores(nats.item() / tokens, correct.item() / tokens)
