@@ -60,7 +60,7 @@ LOCAL_HINT = ("pass --data PATH to a folder with train.txt/valid.txt/test.txt "
               "(or, with --level char, to one text file)")
 
 
-class DataError(Exception):
+class DataError(cli.UserError):
     """A problem with the user's data, reported as one line that says what to do."""
 
 

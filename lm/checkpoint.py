@@ -44,7 +44,7 @@ DIGEST_TAG = b"lm-sha256:"
 COMMENT_SIZE = len(DIGEST_TAG) + 64  # the tag and the hex digest
 
 
-class CheckpointError(Exception):
+class CheckpointError(cli.UserError):
     """A run directory or checkpoint that cannot be used, reported as one line."""
 
 

@@ -4,6 +4,7 @@ checks of count and path arguments; the one-line reason quoted from an exception
 refusal; the --device values and their check; and how a long loop stops on Ctrl-C or SIGTERM
 with its work saved."""
 import argparse
+import functools
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,23 @@ import torch
 from lm import kernels
 
 DEVICES = "cpu, cuda, cuda:1, ..., or another accelerator that PyTorch has here (mps, xpu), in fp32"
+
+
+class UserError(Exception):
+    """Something the user can fix (a flag, a path, a file, the machine), reported by the script as
+    one line, "error: <message>", with exit code 2 and no traceback. Each area has a subclass."""
+
+
+def user_errors(main):
+    """A script's main(argv), with any UserError raised below it turned into its one line."""
+    @functools.wraps(main)
+    def guarded(argv=None):
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return guarded
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -23,7 +23,7 @@ from lm.optim import PROGRESS_SCHEDULES
 from model import MODEL_TYPES, AWDConfig, ModelConfig
 
 
-class ConfigError(Exception):
+class ConfigError(cli.UserError):
     """A bad combination of flags, reported as one line."""
 
 

@@ -29,7 +29,7 @@ from lm import cli
 from model import map_hidden
 
 
-class DistributedError(Exception):
+class DistributedError(cli.UserError):
     """A distributed setup that cannot run, reported as one line."""
 
 

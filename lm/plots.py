@@ -6,7 +6,7 @@ from lm import checkpoint, cli
 from lm.checkpoint import METRICS
 
 
-class PlotError(Exception):
+class PlotError(cli.UserError):
     """A run that cannot be drawn, reported as one line."""
 
 

@@ -16,8 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import dyneval  # noqa: E402
 from checkpoint import load_model  # noqa: E402
-from data import batchify, load_corpus  # noqa: E402
 from dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, dynamic_evaluate, gradient_statistics  # noqa: E402
+
+from data import batchify, load_corpus  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("run")

@@ -13,9 +13,10 @@ from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from checkpoint import load_model  # noqa: E402
-from data import batchify, get_batch, load_corpus  # noqa: E402
 from dyneval import DYNAMIC_DEFAULTS, DYNAMIC_LSTM_KERNEL, Adaptation  # noqa: E402
 from kernels import Workspace  # noqa: E402
+
+from data import batchify, get_batch, load_corpus  # noqa: E402
 from model import detach_hidden  # noqa: E402
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import dyneval  # noqa: E402
 from checkpoint import load_model  # noqa: E402
+
 from data import batchify, load_corpus  # noqa: E402
 
 p = argparse.ArgumentParser()

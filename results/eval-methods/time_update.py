@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench import median_ms  # noqa: E402
 from checkpoint import load_model  # noqa: E402
+
+from bench import median_ms  # noqa: E402
 
 model, _ = load_model(sys.argv[1])
 ps = [p.detach() for p in model.parameters()]

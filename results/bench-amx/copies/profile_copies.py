@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from kernels import Workspace  # noqa: E402
+
 import bench  # noqa: E402
 import train  # noqa: E402
 from data import batchify, get_batch, load_corpus  # noqa: E402
-from kernels import Workspace  # noqa: E402
 
 name = sys.argv[1] if len(sys.argv) > 1 else "awd-lstm-wt2"
 corpus = load_corpus("wikitext-2")

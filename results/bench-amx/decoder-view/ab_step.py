@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-import bench  # noqa: E402
 import kernels  # noqa: E402
+
+import bench  # noqa: E402
 
 AFTER = {"CONTIGUOUS_MIN_ROWS": kernels.CONTIGUOUS_MIN_ROWS, "_weight_product": kernels._weight_product}
 BEFORE = {"CONTIGUOUS_MIN_ROWS": 0, "_weight_product": lambda probs, x: probs.t() @ x}

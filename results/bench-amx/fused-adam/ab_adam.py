@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-import bench  # noqa: E402
 from config import model_config, resolve_config  # noqa: E402
+
+import bench  # noqa: E402
 from data import batchify, load_corpus  # noqa: E402
 from model import build_model  # noqa: E402
 

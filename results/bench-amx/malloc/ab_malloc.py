@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from kernels import Workspace  # noqa: E402
+
 import bench  # noqa: E402
 from data import batchify, get_batch, load_corpus  # noqa: E402
 from evaluate import eval_window, score_batch  # noqa: E402
-from kernels import Workspace  # noqa: E402
 
 LIBC = ctypes.CDLL("libc.so.6")
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4

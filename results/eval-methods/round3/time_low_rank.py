@@ -11,7 +11,6 @@ import time
 
 import torch
 from common import median_ms
-
 from dyneval import _update_in_one_pass
 
 torch.manual_seed(0)

@@ -7,7 +7,6 @@ sum with respect to the input and the four weights) in fp32: oneDNN through torc
 """
 import torch
 from common import median_ms
-
 from kernels import fused_lstm, lstm_sequence
 
 torch.manual_seed(0)
