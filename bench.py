@@ -371,14 +371,14 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     return out, cfg
 
 
+@cli.user_errors
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.lstm_kernel != "auto" and "preset" not in CONFIGS[args.config]:
         parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
     for flag, path in (("--json", args.json), ("--profile", args.profile)):
-        if problem := cli.file_problem(path, flag):
-            parser.error(problem)
+        cli.check_file(path, flag)
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train.py does

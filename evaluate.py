@@ -35,7 +35,7 @@ from lm.dyneval import (
     statistics,
 )
 from lm.dyneval import check_settings as check_dynamic
-from lm.kernels import DTYPES
+from lm.kernels import DTYPES, check_dtype
 from lm.scoring import EVAL_TOKENS, Scores, eval_window, evaluate
 
 
@@ -119,9 +119,7 @@ def make_dynamic(args, data):
     given = {"lr": args.dyn_lr, "lam": args.dyn_lambda, "epsilon": args.dyn_epsilon}
     settings = DynamicSettings(**{k: getattr(known, k) if v is None else v for k, v in given.items()},
                                bptt=args.dyn_bptt)
-    problem = check_dynamic(settings, args.dyn_stat_batches)
-    if problem:
-        raise DataError(problem)
+    check_dynamic(settings, args.dyn_stat_batches)
     if args.dyn_checkpoint_every < 0:
         raise DataError(f"--dyn-checkpoint-every must not be negative, got {args.dyn_checkpoint_every:g}")
     return settings
@@ -139,9 +137,7 @@ def make_cache(args, data):
                         "--cache-window, --cache-theta and --cache-lambda")
     defaults = (known.window, known.theta, known.lam) if known else given
     window, theta, lam = (v if v is not None else d for v, d in zip(given, defaults, strict=True))
-    problem = check_settings(window, theta, lam)
-    if problem:
-        raise DataError(problem)
+    check_settings(window, theta, lam)
     if args.cache_original_gaps and (known is None or known.chunk is None):
         raise DataError(f"--cache-original-gaps needs the original evaluation chunk, known for "
                         f"{', '.join(CACHE_DEFAULTS)} only")
@@ -170,11 +166,9 @@ def prepare(args):
             raise DataError(f"{flag} must be at least 1, got {value}")
     outputs = {"--json": args.json, "--dyn-stats": args.dyn_stats, "--dyn-checkpoint": args.dyn_checkpoint}
     for flag, path in outputs.items():
-        if problem := cli.file_problem(path, flag):  # checked before the scoring whose result goes there
-            raise DataError(problem)
-    problem = cli.device_problem(device, args.dtype, unscaled_backward=args.dynamic_eval)
-    if problem:
-        raise DataError(problem)
+        cli.check_file(path, flag)  # checked before the scoring whose result goes there
+    cli.check_device(device)
+    check_dtype(device, args.dtype, unscaled_backward=args.dynamic_eval)
     model, ckpt = load_model(args.run, device)
     level, data = checkpoint_level(ckpt), args.data or ckpt["data"]
     corpus = load_corpus(data, level)
@@ -219,6 +213,7 @@ def run_dynamic(args, job, extra):
     return (None if scores is None else Scores(*scores)), keep
 
 
+@cli.user_errors
 def main(argv=None):
     args = get_parser().parse_args(argv)
     try:

@@ -103,6 +103,7 @@ def get_parser():
     return p
 
 
+@cli.user_errors
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -110,11 +111,8 @@ def main(argv=None):
         parser.error(f"--temperature must be > 0 and finite, got {args.temperature}")
     if args.top_k < 0 or not 0 < args.top_p <= 1:
         parser.error("--top-k must be >= 0 and --top-p in (0, 1]")
-    problem = cli.device_problem(args.device)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
     try:
+        cli.check_device(args.device)
         model, ckpt = load_model(args.run, args.device)
         itos = ckpt["vocab"]
         stoi = {w: i for i, w in enumerate(itos)}

@@ -28,6 +28,7 @@ def get_parser():
     return p
 
 
+@cli.user_errors
 def main(argv=None):
     args = get_parser().parse_args(argv)
     try:

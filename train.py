@@ -153,8 +153,7 @@ class Run:
     def __init__(self, cfg, ckpt=None, mode="new", world=ONE_PROCESS, lock=None):
         self.cfg, self.mode, self.world = cfg, mode, world
         self.dir, self.lock = Path(cfg["save"]), lock or RunLock(cfg["save"], enabled=False)
-        if problem := cli.folder_problem(self.dir, "--save"):
-            raise ConfigError(problem)
+        cli.check_folder(self.dir, "--save")
         self.device = torch.device(distributed.device(cfg["device"], world))
         if self.device.type == "cuda" and world.active:
             torch.cuda.set_device(self.device)
@@ -477,6 +476,7 @@ def draw_run(run_dir):
         print(f"warning: no curves.png: {e}", file=sys.stderr)
 
 
+@cli.user_errors
 def main(argv=None):
     world = ONE_PROCESS
     keep_freed_memory()  # large per-step buffers reused, not page-faulted in anew (README: Speed)

@@ -31,7 +31,7 @@ from lm import cli
 from lm.cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
 from lm.checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model, write_atomically
 from lm.dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
-from lm.kernels import DTYPES
+from lm.kernels import DTYPES, check_dtype
 from lm.scoring import evaluate
 
 CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
@@ -154,28 +154,27 @@ def get_parser():
     return p
 
 
-def input_problem(args):
-    """Why the paths or grid values cannot work, as one line, or None."""
+def check_inputs(args):
+    """Refuse paths or grid values that cannot work."""
     if any(not t > 0 for t in args.thetas):
-        return "--thetas must all be positive"
+        raise cli.UserError("--thetas must all be positive")
     if any(not 0 <= lam <= 1 for lam in args.lambdas or []):
-        return "--lambdas must all be in [0, 1]"
+        raise cli.UserError("--lambdas must all be in [0, 1]")
     if any(not lr >= 0 for lr in args.lrs or []):
-        return "--lrs must not be negative"
-    return cli.folder_problem(args.out, "--out") or cli.file_problem(args.dyn_stats, "--dyn-stats")
+        raise cli.UserError("--lrs must not be negative")
+    cli.check_folder(args.out, "--out")
+    cli.check_file(args.dyn_stats, "--dyn-stats")
 
 
+@cli.user_errors
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    problem = input_problem(args)
-    if problem:
-        parser.error(problem)
+    check_inputs(args)
     device = args.device or cli.default_device()
     try:
-        problem = cli.device_problem(device, args.dtype, unscaled_backward=args.method == "dynamic")
-        if problem:
-            raise DataError(problem)
+        cli.check_device(device)
+        check_dtype(device, args.dtype, unscaled_backward=args.method == "dynamic")
         model, ckpt = load_model(args.run, device)
         corpus = load_corpus(ckpt["data"], checkpoint_level(ckpt))
         check_vocab(corpus, ckpt)

@@ -102,6 +102,7 @@ def write_table(rows, out, header):
     (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+@cli.user_errors
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="corpus folder with train.txt/valid.txt/test.txt")
@@ -129,9 +130,8 @@ def main(argv=None):
         extra = extra[1:]
     if extra and not extra[0].startswith("--"):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
-    problem = cli.folder_problem(args.out, "--out") or cli.folder_problem(args.runs, "--runs")
-    if problem:
-        p.error(problem)
+    cli.check_folder(args.out, "--out")
+    cli.check_folder(args.runs, "--runs")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     subset = args.train_lines or args.eval_lines

@@ -68,6 +68,7 @@ def time_layer(steps, batch, inputs, hidden, reps, device, dtype, forward_only=F
     return statistics.median(times["fused"]), statistics.median(times["own"])
 
 
+@cli.user_errors
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="compute precision (default: bf16)")
@@ -77,8 +78,7 @@ def main(argv=None):
                    help="time the forward alone, without gradients, at evaluation's shapes")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results to FILE")
     args = p.parse_args(argv)
-    if problem := cli.file_problem(args.json, "--json"):
-        p.error(problem)
+    cli.check_file(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -150,14 +150,14 @@ def get_parser():
     return p
 
 
+@cli.user_errors
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    problem = cli.folder_problem(args.runs, "--runs") or cli.folder_problem(args.out, "--out")
+    cli.check_folder(args.runs, "--runs")
+    cli.check_folder(args.out, "--out")
     if not args.best_minutes > 0:
-        problem = f"--best-minutes must be positive, got {args.best_minutes}"
-    if problem:
-        parser.error(problem)
+        parser.error(f"--best-minutes must be positive, got {args.best_minutes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     runs_dir, out = Path(args.runs), Path(args.out)

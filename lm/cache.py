@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lm.cli import UserError
 from lm.kernels import model_scores
 
 
@@ -46,14 +47,13 @@ CACHE_DEFAULTS = {
 
 
 def check_settings(window, theta, lam):
-    """A one-line reason why these settings cannot run, or None."""
+    """Refuse settings that cannot run."""
     if window < 1:
-        return f"--cache-window must be at least 1, got {window}"
+        raise UserError(f"--cache-window must be at least 1, got {window}")
     if not theta > 0:
-        return f"--cache-theta must be positive, got {theta}"
+        raise UserError(f"--cache-theta must be positive, got {theta}")
     if not 0 <= lam <= 1:
-        return f"--cache-lambda must be in [0, 1], got {lam}"
-    return None
+        raise UserError(f"--cache-lambda must be in [0, 1], got {lam}")
 
 
 class PointerCache:

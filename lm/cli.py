@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from lm import kernels
-
 DEVICES = "cpu, cuda, cuda:1, ..., or another accelerator that PyTorch has here (mps, xpu), in fp32"
 
 
@@ -65,31 +63,28 @@ def existing_ancestor(path):
     return path
 
 
-def folder_problem(path, flag):
-    """Why `path` cannot be a folder that this script writes into (creating it and its
-    parents where missing), as one line, or None."""
+def check_folder(path, flag):
+    """Refuse `path` as a folder that this script writes into (creating it and its parents where
+    missing) when it cannot be one."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        return f"{flag} {path} is a file, not a folder"
+        raise UserError(f"{flag} {path} is a file, not a folder")
     ancestor = existing_ancestor(path)
     if not ancestor.is_dir():
-        return f"{flag} {path}: {ancestor} is a file, not a folder"
-    return None
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
 
 
-def file_problem(path, flag):
-    """Why `path` cannot be a file that this script writes (its folder must exist), as one line,
-    or None (also for no path: the flag was not given). Checked before the work whose result
-    goes there."""
+def check_file(path, flag):
+    """Refuse `path` as a file that this script writes (its folder must exist); no path (the flag
+    was not given) passes. Checked before the work whose result goes there."""
     if not path:
-        return None
+        return
     path = Path(path)
     if path.is_dir():
-        return f"{flag} {path} is a folder, not a file"
+        raise UserError(f"{flag} {path} is a folder, not a file")
     if not path.parent.is_dir():
         what = "is a file, not a folder" if path.parent.exists() else "does not exist; create it first"
-        return f"{flag} {path}: the folder {path.parent} {what}"
-    return None
+        raise UserError(f"{flag} {path}: the folder {path.parent} {what}")
 
 
 def first_line(exc, limit=200):
@@ -102,13 +97,12 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def device_problem(device, dtype=None, unscaled_backward=False):
-    """Why --device `device` (with --dtype `dtype`, if given) cannot be used here, as one line,
-    or None. unscaled_backward: see kernels.dtype_problem."""
+def check_device(device):
+    """Refuse --device `device` when PyTorch cannot use it here (its dtype: kernels.check_dtype)."""
     try:
         kind = torch.device(device).type
     except RuntimeError as e:
-        return f"--device {device}: {first_line(e)}"
+        raise UserError(f"--device {device}: {first_line(e)}") from None
     if kind == "cpu":
         available = True
     elif kind == "cuda":
@@ -118,9 +112,7 @@ def device_problem(device, dtype=None, unscaled_backward=False):
         available = current is not None and current.type == kind
     if not available:
         what = "CUDA GPU" if kind == "cuda" else f"{kind} device"
-        return f"--device {device}, but PyTorch sees no {what} here; use --device cpu"
-    problem = dtype and kernels.dtype_problem(device, dtype, unscaled_backward)
-    return f"--dtype {dtype}: {problem}" if problem else None
+        raise UserError(f"--device {device}, but PyTorch sees no {what} here; use --device cpu")
 
 
 class StopOnInterrupt:

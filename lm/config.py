@@ -18,7 +18,7 @@ from pathlib import Path
 from data import LEVELS
 from lm import cli
 from lm.checkpoint import BEST, LAST, load_checkpoint
-from lm.kernels import DTYPES, LSTM_KERNELS, default_dtype, dtype_problem
+from lm.kernels import DTYPES, LSTM_KERNELS, check_dtype, default_dtype
 from lm.optim import PROGRESS_SCHEDULES
 from model import MODEL_TYPES, AWDConfig, ModelConfig
 
@@ -280,9 +280,8 @@ def fill_defaults(given):
 
 
 def check_device(device):
-    problem = device and cli.device_problem(device)  # None: not resolved yet (DEFAULTS)
-    if problem:
-        raise ConfigError(problem)
+    if device:  # None: not resolved yet (DEFAULTS)
+        cli.check_device(device)
 
 
 def check_config(cfg, given):
@@ -314,9 +313,8 @@ def check_config(cfg, given):
                           "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
     check_device(cfg["device"])
     for key in ("dtype", "val_dtype"):
-        problem = cfg[key] and dtype_problem(cfg["device"], cfg[key])
-        if problem:
-            raise ConfigError(f"{flag(key)} {cfg[key]}: {problem}")
+        if cfg[key]:
+            check_dtype(cfg["device"], cfg[key], flag=flag(key))
     most = 0.5 if cfg["schedule"] == "onecycle-flat" else 1  # its warm-up and cool-down must fit in one run
     if not 0 <= cfg["warmup"] < most:
         raise ConfigError(f"--warmup must be in [0, {most}) for --schedule {cfg['schedule']}, got {cfg['warmup']}")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from data import DataError, get_batch
 from lm import cli, faults
 from lm.checkpoint import CheckpointError, load_file, save_file, unverified_notice
+from lm.cli import UserError
 from lm.kernels import Workspace, autocast
 from model import detach_hidden, map_hidden
 
@@ -58,18 +59,17 @@ STAT_BATCH_SIZE = 100  # columns of the training data for the statistics, as in 
 
 
 def check_settings(s, stat_batches):
-    """A one-line reason why these settings cannot run, or None."""
+    """Refuse settings that cannot run."""
     if s.lr < 0:
-        return f"--dyn-lr must not be negative, got {s.lr}"
+        raise UserError(f"--dyn-lr must not be negative, got {s.lr}")
     if not 0 <= s.lam <= 1:
-        return f"--dyn-lambda must be in [0, 1], got {s.lam}"
+        raise UserError(f"--dyn-lambda must be in [0, 1], got {s.lam}")
     if not s.epsilon > 0:
-        return f"--dyn-epsilon must be positive, got {s.epsilon}"
+        raise UserError(f"--dyn-epsilon must be positive, got {s.epsilon}")
     if s.bptt < 1:
-        return f"--dyn-bptt must be at least 1, got {s.bptt}"
+        raise UserError(f"--dyn-bptt must be at least 1, got {s.bptt}")
     if stat_batches is not None and stat_batches < 1:
-        return f"--dyn-stat-batches must be at least 1, got {stat_batches}"
-    return None
+        raise UserError(f"--dyn-stat-batches must be at least 1, got {stat_batches}")
 
 
 def segments(source, bptt):

@@ -1,7 +1,7 @@
 """Speed machinery, apart from the models: mixed precision, our own LSTM recurrence and the
 chunked decoder loss and scores.
 
-- autocast / bf16_is_fast / default_dtype / dtype_problem / compute_dtype: bf16 or fp16 autocast
+- autocast / bf16_is_fast / default_dtype / check_dtype / compute_dtype: bf16 or fp16 autocast
   with fp32 master weights, where the hardware runs it natively.
 - keep_freed_memory: glibc's malloc told to reuse large freed blocks instead of mapping them anew.
 - lstm_sequence: one LSTM layer with a hand-written backward (bf16 training on CPU, where
@@ -21,6 +21,8 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
+from lm.cli import UserError
+
 DTYPES = ("fp32", "bf16", "fp16")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast's compute dtype of each mixed precision
 
@@ -38,7 +40,7 @@ def autocast(device, dtype):
 def bf16_is_fast(device):
     """True where bfloat16 matmuls run natively: CUDA GPUs of compute capability 8.0 or more
     (torch.cuda.is_bf16_supported() also says True where bf16 is only emulated, e.g. on a T4), and
-    CPUs with AVX512-BF16 or AMX (on other CPUs oneDNN has no bf16 LSTM; see dtype_problem)."""
+    CPUs with AVX512-BF16 or AMX (on other CPUs oneDNN has no bf16 LSTM; see check_dtype)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
@@ -53,24 +55,26 @@ def default_dtype(device):
     return "fp16" if torch.device(device).type == "cuda" else "fp32"
 
 
-def dtype_problem(device, dtype, unscaled_backward=False):
-    """Why `dtype` cannot run on `device`, as a one-line message, or None. On a CPU without
-    AVX512-BF16 or AMX, oneDNN cannot make its bf16 LSTM primitive at all, nor an fp16 one on
-    CPUs like ours; mixed precision on other accelerators (MPS, XPU) has not been verified.
-    unscaled_backward: the caller takes gradients without loss scaling (dynamic evaluation),
-    where fp16's small gradients would flush to zero."""
+def check_dtype(device, dtype, unscaled_backward=False, flag="--dtype"):
+    """Refuse `dtype` where it cannot run on `device`. On a CPU without AVX512-BF16 or AMX, oneDNN
+    cannot make its bf16 LSTM primitive at all, nor an fp16 one on CPUs like ours; mixed precision
+    on other accelerators (MPS, XPU) has not been verified. unscaled_backward: the caller takes
+    gradients without loss scaling (dynamic evaluation), where fp16's small gradients would flush
+    to zero."""
     if dtype == "fp32":
-        return None
+        return
     kind = torch.device(device).type
+    reason = None
     if dtype == "bf16" and kind == "cpu" and not bf16_is_fast(device):
-        return "bf16 needs a CPU with AVX512-BF16 or AMX, and this one has neither; use fp32"
-    if dtype == "fp16" and kind != "cuda":
-        return "fp16 (with loss scaling) is for CUDA GPUs without native bf16; on this device use fp32"
-    if kind not in ("cpu", "cuda"):
-        return f"mixed precision on {kind} has not been verified by this project; use fp32"
-    if dtype == "fp16" and unscaled_backward:
-        return "this takes gradients without loss scaling, which fp16 would flush to zero; use fp32 or bf16"
-    return None
+        reason = "bf16 needs a CPU with AVX512-BF16 or AMX, and this one has neither; use fp32"
+    elif dtype == "fp16" and kind != "cuda":
+        reason = "fp16 (with loss scaling) is for CUDA GPUs without native bf16; on this device use fp32"
+    elif kind not in ("cpu", "cuda"):
+        reason = f"mixed precision on {kind} has not been verified by this project; use fp32"
+    elif dtype == "fp16" and unscaled_backward:
+        reason = "this takes gradients without loss scaling, which fp16 would flush to zero; use fp32 or bf16"
+    if reason:
+        raise UserError(f"{flag} {dtype}: {reason}")
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

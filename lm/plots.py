@@ -42,10 +42,9 @@ def plot_runs(runs, out, labels=None, title=None, x="epoch", ppl=False):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    problem = (f"-o {out} is a folder, not a file" if Path(out).is_dir()
-               else cli.folder_problem(Path(out).parent, f"-o {out}: its folder"))
-    if problem:
-        raise PlotError(problem)
+    if Path(out).is_dir():
+        raise PlotError(f"-o {out} is a folder, not a file")
+    cli.check_folder(Path(out).parent, f"-o {out}: its folder")
     labels = labels or [Path(r).name for r in runs]
     if len(labels) != len(runs):
         raise PlotError(f"{len(labels)} labels for {len(runs)} runs")

@@ -35,11 +35,13 @@ def test_bf16_is_the_default_only_on_gpus_that_run_it_natively(monkeypatch, capa
 def test_other_accelerators_are_taken_where_pytorch_has_them_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("mps"))
-    assert cli.device_problem("mps") is None
+    cli.check_device("mps")
     cfg, _, _ = config.resolve_config(["--device", "mps"])
     assert cfg["dtype"] == "fp32" and cli.default_device() != "mps"  # used only when asked for
-    assert "sees no xpu device" in cli.device_problem("xpu")
-    assert "has not been verified" in cli.device_problem("mps", "bf16")
+    with pytest.raises(cli.UserError, match="sees no xpu device"):
+        cli.check_device("xpu")
+    with pytest.raises(cli.UserError, match="has not been verified"):
+        kernels.check_dtype("mps", "bf16")
 
 
 REFUSALS = [
@@ -71,9 +73,10 @@ def test_a_device_or_dtype_that_cannot_run_here_is_refused_in_one_line(trained_r
 
 def test_fp16_is_refused_for_gradients_without_loss_scaling_even_on_a_gpu(monkeypatch):
     fake_gpu(monkeypatch, (7, 5))
-    assert cli.device_problem("cuda", "fp16") is None
-    assert "flush to zero" in cli.device_problem("cuda", "fp16", unscaled_backward=True)
-    assert cli.device_problem("cuda", "bf16", unscaled_backward=True) is None
+    kernels.check_dtype("cuda", "fp16")
+    with pytest.raises(cli.UserError, match="flush to zero"):
+        kernels.check_dtype("cuda", "fp16", unscaled_backward=True)
+    kernels.check_dtype("cuda", "bf16", unscaled_backward=True)
 
 
 # --- the loss scaler, on the CPU ------------------------------------------------------------------
