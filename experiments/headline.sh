@@ -1,0 +1,46 @@
+#!/bin/sh
+# The CPU headline: the two 2-hour recipes (presets lstm-cpu-2h and awd-lstm-cpu-2h), one after the
+# other, each alone on both cores, each scored on valid (batch 10, as in training) and test (batch 1,
+# the paper's protocol), and both curves drawn against minutes and epochs. Record: results/headline/.
+#
+#     sh experiments/headline.sh                # both presets, or what is left of them
+#     sh experiments/headline.sh lstm-cpu-2h    # one of them
+#
+# Run from a clone with nothing else running (the time budget is part of the recipe). Run
+# directories go to $RUNS (default ~/runs), the logs, scores, configs, metrics and figures to $OUT
+# (default results/headline). Stopped (Ctrl-C, SIGTERM): run the same command again; a run is
+# resumed from its last.pt and a split that already has its JSON is not scored again.
+set -e
+cd "$(dirname "$0")/.."
+R=${RUNS:-$HOME/runs}
+OUT=${OUT:-results/headline}
+mkdir -p "$OUT"
+for preset in ${@:-lstm-cpu-2h awd-lstm-cpu-2h}; do
+  run=$R/$preset
+  if [ ! -f "$run/config.json" ] && [ -f "$OUT/$preset-test.json" ]; then
+    echo "$preset: scored already ($OUT/$preset-*), its run directory is gone; not trained again"
+    continue
+  fi
+  if [ -f "$run/config.json" ]; then
+    python train.py --resume "$run" >> "$OUT/$preset-train.log" 2>&1
+  else
+    python train.py --preset "$preset" --save "$run" > "$OUT/$preset-train.log" 2>&1
+  fi
+  for split in valid test; do
+    [ -f "$OUT/$preset-$split.json" ] || python evaluate.py "$run" --split $split \
+      --json "$OUT/$preset-$split.json" >> "$OUT/$preset-eval.log" 2>&1
+  done
+  cp "$run/metrics.jsonl" "$OUT/$preset-metrics.jsonl"
+  cp "$run/config.json" "$OUT/$preset-config.json"
+done
+# The curves come from the copies above, so they can be drawn after a run directory is gone.
+if [ -f "$OUT/lstm-cpu-2h-metrics.jsonl" ] && [ -f "$OUT/awd-lstm-cpu-2h-metrics.jsonl" ]; then
+  tmp=$(mktemp -d)
+  for preset in lstm-cpu-2h awd-lstm-cpu-2h; do
+    mkdir "$tmp/$preset" && cp "$OUT/$preset-metrics.jsonl" "$tmp/$preset/metrics.jsonl"
+  done
+  title="WikiText-2, 2 hours on 2 CPU cores"
+  python plot.py "$tmp/lstm-cpu-2h" "$tmp/awd-lstm-cpu-2h" --x minutes --ppl --title "$title" -o "$OUT/curves-minutes.png"
+  python plot.py "$tmp/lstm-cpu-2h" "$tmp/awd-lstm-cpu-2h" --ppl --title "$title" -o "$OUT/curves-epochs.png"
+  rm -r "$tmp"
+fi
