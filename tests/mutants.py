@@ -203,6 +203,8 @@ MUTANTS = {
                                              "repr((cache.window, cache.theta, cache.lam))"),
     "generate-ignores-the-prompt": ("generate.py", "ids = generate(model, prompt_ids, length,",
                                     "ids = generate(model, [], length,"),
+    # Issue 32: the experiment drivers run the scripts as a user would.
+    "driver-drops-the-script-arguments": ("experiments/scripts.py", "*map(str, argv)]", "*map(str, argv[:1])]"),
 }
 
 

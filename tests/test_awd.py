@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import train
-from helpers import AWD_TINY, ROOT, metrics, step_by_step, write_corpus
+from helpers import AWD_TINY, ROOT, metrics, scripts_in_process, step_by_step, write_corpus
 from lm import optim, training, trainrun
 from lm.config import model_config, resolve_config
 from lm.kernels import autocast
@@ -429,8 +429,9 @@ def test_baseline_and_awd_flags_do_not_mix(tmp_path, capsys):
     assert "--dropout does not apply" in capsys.readouterr().err
 
 
-def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path):
+def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path, monkeypatch):
     from experiments import ablate
+    scripts_in_process(monkeypatch)
     out = tmp_path / "ablation"
     assert ablate.main(["--data", str(corpus_dir), "--train-lines", "200", "--emsize", "8", "--nhid", "16",
                         "--nlayers", "2", "--epochs", "1", "--batch-size", "4", "--bptt", "10",
