@@ -255,6 +255,15 @@ def test_a_bf16_run_validates_in_fp32(corpus_dir, tmp_path):
     assert metrics(run)[0]["val_loss"] == evaluate(net, val, "fp32").loss
 
 
+def test_validation_scores_in_val_dtype_whatever_the_training_dtype(corpus_dir, tmp_path, monkeypatch):
+    """The wiring of the test above on any CPU: a bf16 run's validation pass is asked for fp32."""
+    run = awd_run(corpus_dir, tmp_path)
+    run.cfg = {**run.cfg, "dtype": "bf16", "val_dtype": "fp32"}
+    asked = []
+    monkeypatch.setattr(trainrun, "evaluate", lambda net, source, dtype: asked.append(dtype) or Scores(1.0, 0.5))
+    assert run.validate().loss == 1.0 and asked == ["fp32"]
+
+
 # --- fine-tuning -----------------------------------------------------------------------------------
 
 @pytest.fixture
