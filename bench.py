@@ -1,12 +1,12 @@
 """Training and evaluation throughput of the word-level models, against a plain nn.LSTM model.
 
-    python bench.py --config awd-lstm-wt2 --dtype fp32 bf16 --json results/bench-awd-lstm-wt2-cpu.json
+    python bench.py --config awd-lstm-wt2 --dtype fp32 bf16 --json bench-awd.json
     python bench.py --config lstm-small --dtype fp32 bf16 --device cuda
 
-Training is timed through train.py's own train_step (forward, backward, clip, SGD step, with
-AR/TAR for AWD-LSTM) and evaluation through evaluate.py's score_batch (forward and scoring under
-no_grad, in evaluate.py's long windows at the config's evaluation batch size), on real WikiText-2
-batches when the data are found (else random tokens with its
+Training is timed through the training loop's own train_step (lm/training.py: forward, backward,
+clip, SGD step, with AR/TAR for AWD-LSTM) and evaluation through lm/scoring.py's score_batch
+(forward and scoring under no_grad, in evaluate.py's long windows at the config's evaluation batch
+size), on real WikiText-2 batches when the data are found (else random tokens with its
 vocabulary size). After a warm-up, several windows of --steps batches are timed and the median
 window is reported. In the same process, for each --dtype, a plain model of identical sizes
 (nn.LSTM layers, same decoder and tying, no regularization) is timed the same way, so the ratio
@@ -32,13 +32,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import train
 from data import DataError, batchify, get_batch, load_corpus
 from lm import cli
 from lm.config import base_defaults, model_config, resolve_config
+from lm.flops import flops_per_token, gemm_shapes, shape_bound
 from lm.kernels import DTYPES, HALF, LSTM_KERNELS, Workspace, keep_freed_memory
 from lm.optim import LossScaler
 from lm.scoring import eval_window, score_batch
+from lm.training import train_step
 from model import LanguageModel, LMOutput, build_model
 
 WT2_VOCAB = 33_278
@@ -85,12 +86,6 @@ class PlainLSTM(LanguageModel):
         w = self.encoder.weight
         return [(w.new_zeros(1, batch_size, r.hidden_size), w.new_zeros(1, batch_size, r.hidden_size))
                 for r in self.rnns]
-
-
-def flops_per_token(sizes, decoder_in, vocab_size):
-    """Forward matmul FLOPs per token: the LSTM layers' gates (2 * 4h * (i + h) each) and the
-    decoder (2 * d * vocab). Elementwise work and the embedding lookup are not counted."""
-    return sum(8 * h * (i + h) for i, h in sizes) + 2 * decoder_in * vocab_size
 
 
 def build(name, vocab_size, dtype, lstm_kernel="auto"):
@@ -162,29 +157,6 @@ def matmul_speed(device, dtype, m, k, n, reps=5):
     return 2 * m * k * n / statistics.median(times)
 
 
-def gemm_shapes(cfg, sizes, decoder_in, vocab_size):
-    """name -> ((m, k, n), rows) of the matmuls of one training step, forward and backward, with
-    their operands as stored: each layer's input projection over the batch with its input and
-    weight gradients, its recurrent step with the step's state gradient and the recurrent weight's
-    gradient (one matmul over all steps, as our recurrence computes it), and the decoder's logits
-    with both gradients. `rows` is the dimension that counts tokens (all of the batch's, or one
-    step's batch), so that 2 m k n / rows is the shape's FLOPs per token."""
-    tokens, batch = cfg["batch_size"] * cfg["bptt"], cfg["batch_size"]
-    shapes = {}
-    for layer, (i, h) in enumerate(sizes):
-        g = 4 * h
-        for what, mkn, rows in (("input", (tokens, i, g), tokens), ("input's gradient", (tokens, g, i), tokens),
-                                ("input weight's gradient", (g, tokens, i), tokens), ("step", (batch, h, g), batch),
-                                ("step's gradient", (batch, g, h), batch),
-                                ("recurrent weight's gradient", (g, tokens, h), tokens)):
-            shapes[f"layer {layer} {what} ({'x'.join(map(str, mkn))})"] = (mkn, rows)
-    d, v = decoder_in, vocab_size
-    for what, mkn in (("logits", (tokens, d, v)), ("input's gradient", (tokens, v, d)),
-                      ("weight's gradient", (d, tokens, v))):
-        shapes[f"decoder {what} ({'x'.join(map(str, mkn))})"] = (mkn, tokens)
-    return shapes
-
-
 def matmul_ceiling(device, dtype, shapes=None):
     """GFLOP/s of square 2048 and 4096 matmuls and of the given shapes (see gemm_shapes), and the
     best of them: the ceiling that the model's achieved FLOP/s is compared with. Square matmuls
@@ -195,17 +167,8 @@ def matmul_ceiling(device, dtype, shapes=None):
     return max(speeds.values()), {name: round(v / 1e9, 1) for name, v in speeds.items()}
 
 
-def shape_bound(shapes, gflops):
-    """The training FLOP/s that the model's own matmuls allow at their measured speeds (gflops, by
-    name) if nothing else took any time: training FLOPs per token over the sum of each shape's
-    FLOPs per token divided by its speed."""
-    per_token = {name: 2 * m * k * n / rows for name, ((m, k, n), rows) in shapes.items()}
-    seconds = sum(flops / (gflops[name] * 1e9) for name, flops in per_token.items())
-    return sum(per_token.values()) / seconds
-
-
 def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, profiles=None):
-    """Median tokens/s and peak memory of training (train.train_step, windows of bptt rows) and
+    """Median tokens/s and peak memory of training (training.train_step, windows of bptt rows) and
     evaluation (scoring.score_batch, windows of scoring.eval_window rows). With a `profiles`
     dict, one more batch of each phase runs under torch.profiler and its table of operators by
     self time is stored there under the phase's name."""
@@ -224,8 +187,8 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
         def run_batch(i, source=source, nwin=nwin, state=state, phase=phase, bptt=bptt):
             x, y = get_batch(source, (i % nwin) * bptt, bptt)
             if phase == "train":
-                state["hidden"] = train.train_step(model, x, y, state["hidden"], optimizer, cfg,
-                                                   workspace=state["workspace"], scaler=scaler).hidden
+                state["hidden"] = train_step(model, x, y, state["hidden"], optimizer, cfg,
+                                             workspace=state["workspace"], scaler=scaler).hidden
             else:
                 state["hidden"] = score_batch(model, x, y, state["hidden"], cfg["dtype"], state["workspace"])[2]
 
@@ -246,63 +209,6 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
             profiles[phase] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     results["parameters"] = sum(p.numel() for p in model.parameters())
     return results
-
-
-def alternate_training(model, cfg, source, versions, rounds=10, steps=3):
-    """Tokens/s of whole training steps of model on source (rows, batch) under each version,
-    the versions alternated in windows of `steps` steps in one process, so that the machine's
-    swings in speed hit all alike; `rounds` timed rounds after one that warms up. versions:
-    name -> (setup, optimizer), setup() called before each window of its version."""
-    hidden, workspace, position = model.init_hidden(cfg["batch_size"]), Workspace(), 0
-    times = {name: [] for name in versions}
-    model.train()
-    for r in range(rounds + 1):
-        for name, (setup, optimizer) in versions.items():
-            setup()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                x, y = get_batch(source, position, cfg["bptt"])
-                position = (position + cfg["bptt"]) % (source.size(0) - cfg["bptt"] - 1)
-                hidden = train.train_step(model, x, y, hidden, optimizer, cfg, workspace=workspace).hidden
-            if r:
-                times[name].append(steps * x.numel() / (time.perf_counter() - t0))
-    return times
-
-
-def median_ms(f, reps=9):
-    """Median milliseconds of `reps` calls of f, after one untimed call."""
-    f()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
-def alternation_report(times, new="after", old="before"):
-    """Lines for alternate_training's times: each version's median tokens/s and rounds, then
-    new / old as the median of the rounds' ratios and as the ratio of the medians."""
-    lines = [f"{version}: median {statistics.median(ts):,.0f} ({', '.join(f'{t:,.0f}' for t in ts)})"
-             for version, ts in times.items()]
-    ratios = [a / b for a, b in zip(times[new], times[old], strict=True)]
-    lines.append(f"{new} / {old}: median of the rounds' ratios {statistics.median(ratios):.3f}, "
-                 f"ratio of medians {statistics.median(times[new]) / statistics.median(times[old]):.3f}")
-    return lines
-
-
-def compare_training(name, setups, rounds=10, steps=3):
-    """Print alternate_training's report for bench config `name` in bf16 on WikiText-2's training
-    data, one SGD optimizer shared, under each of setups (version -> setup(), "before" and
-    "after")."""
-    corpus = load_corpus("wikitext-2")
-    model, cfg = build(name, len(corpus.itos), "bf16")
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    source = batchify(corpus.train, cfg["batch_size"], torch.device("cpu"))
-    times = alternate_training(model, cfg, source, {v: (setup, optimizer) for v, setup in setups.items()},
-                               rounds, steps)
-    print(f"{name}, bf16, {torch.get_num_threads()} threads, {rounds} rounds of {steps} steps per version, tokens/s")
-    print("\n".join(alternation_report(times)))
 
 
 def get_parser():
@@ -371,6 +277,26 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     return out, cfg
 
 
+def print_run(args, run):
+    """The lines of one precision's results: ours and plain, the shape bound, and the ratios."""
+    dtype = run["dtype"]
+    for name in ("ours", "plain"):
+        r = run[name]
+        print(f"{args.config} ({name}, {dtype}) on {args.device}: "
+              f"train {r['train']['tokens_per_s']:,.0f} tok/s ({r['train']['fraction_of_ceiling']:.0%} of "
+              f"{run['matmul_ceiling_gflops']:.0f} GFLOP/s), peak {r['train']['peak_memory_mb'] or 0:,.0f} MB | "
+              f"eval {r['eval']['tokens_per_s']:,.0f} tok/s, peak {r['eval']['peak_memory_mb'] or 0:,.0f} MB | "
+              f"{r['parameters']:,} parameters")
+    bound = run["shape_bound"]
+    print(f"  the model's own matmuls at their measured speeds, nothing else: {bound['train_gflops']:.0f} "
+          f"GFLOP/s in training ({bound['fraction_of_ceiling']:.0%} of the ceiling); ours at "
+          f"{run['ours']['train']['fraction_of_shape_bound']:.0%} of that, plain at "
+          f"{run['plain']['train']['fraction_of_shape_bound']:.0%}")
+    print(f"  ours/plain: train {run['ratio_ours_to_plain']['train']:.2f}, "
+          f"eval {run['ratio_ours_to_plain']['eval']:.2f}"
+          + "".join(f" | ours/reference {p}: {v:.2f}" for p, v in run.get("ratio_to_reference", {}).items()))
+
+
 @cli.user_errors
 def main(argv=None):
     parser = get_parser()
@@ -388,29 +314,14 @@ def main(argv=None):
         print(f"note: {args.data} not found; timing on random tokens", file=sys.stderr)
         tokens, data = torch.randint(0, WT2_VOCAB, (200_000,)), "random"
     device = torch.device(args.device)
-    runs, cfg = [], None
-    tables = []
+    runs, cfg, tables = [], None, []
     for dtype in args.dtype:
         profiles = {} if args.profile else None
         run, cfg = bench_dtype(args, dtype, tokens, device, profiles)
         tables += [f"== {args.config}, ours, {dtype}, {phase} ==\n{table}"
                    for phase, table in (profiles or {}).items()]
         runs.append(run)
-        for name in ("ours", "plain"):
-            r = run[name]
-            print(f"{args.config} ({name}, {dtype}) on {args.device}: "
-                  f"train {r['train']['tokens_per_s']:,.0f} tok/s ({r['train']['fraction_of_ceiling']:.0%} of "
-                  f"{run['matmul_ceiling_gflops']:.0f} GFLOP/s), peak {r['train']['peak_memory_mb'] or 0:,.0f} MB | "
-                  f"eval {r['eval']['tokens_per_s']:,.0f} tok/s, peak {r['eval']['peak_memory_mb'] or 0:,.0f} MB | "
-                  f"{r['parameters']:,} parameters")
-        bound = run["shape_bound"]
-        print(f"  the model's own matmuls at their measured speeds, nothing else: {bound['train_gflops']:.0f} "
-              f"GFLOP/s in training ({bound['fraction_of_ceiling']:.0%} of the ceiling); ours at "
-              f"{run['ours']['train']['fraction_of_shape_bound']:.0%} of that, plain at "
-              f"{run['plain']['train']['fraction_of_shape_bound']:.0%}")
-        print(f"  ours/plain: train {run['ratio_ours_to_plain']['train']:.2f}, "
-              f"eval {run['ratio_ours_to_plain']['eval']:.2f}"
-              + "".join(f" | ours/reference {p}: {v:.2f}" for p, v in run.get("ratio_to_reference", {}).items()))
+        print_run(args, run)
     if len(runs) > 1:
         base = runs[0]["ours"]
         for run in runs[1:]:

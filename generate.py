@@ -14,7 +14,7 @@ import torch
 
 from data import EOS, UNK
 from lm import cli, faults
-from lm.checkpoint import CheckpointError, checkpoint_level, load_model
+from lm.checkpoint import checkpoint_level, load_model
 
 
 def filter_logits(logits, top_k=0, top_p=1.0):
@@ -67,9 +67,9 @@ def encode_chars(prompt, stoi):
     """Prompt characters -> ids; a character the model never saw in training is an error."""
     missing = sorted(set(prompt) - stoi.keys())
     if missing:
-        raise CheckpointError(f"prompt characters not in the model's vocabulary: "
-                              f"{', '.join(repr(c) for c in missing)}; it has {len(stoi)} characters: "
-                              f"{''.join(sorted(stoi))!r}")
+        raise cli.UserError(f"prompt characters not in the model's vocabulary: "
+                            f"{', '.join(repr(c) for c in missing)}; it has {len(stoi)} characters: "
+                            f"{''.join(sorted(stoi))!r}")
     return [stoi[c] for c in prompt]
 
 
@@ -78,8 +78,8 @@ def encode_prompt(prompt, stoi):
     words = prompt.split()
     missing = [w for w in words if w not in stoi]
     if missing and UNK not in stoi:
-        raise CheckpointError(f"prompt words not in the vocabulary, which has no {UNK}: "
-                              f"{', '.join(missing)}")
+        raise cli.UserError(f"prompt words not in the vocabulary, which has no {UNK}: "
+                            f"{', '.join(missing)}")
     if missing:
         print(f"warning: not in the vocabulary, read as {UNK}: {', '.join(missing)}", file=sys.stderr)
     return [stoi.get(w, stoi.get(UNK)) for w in words]
@@ -111,16 +111,12 @@ def main(argv=None):
         parser.error(f"--temperature must be > 0 and finite, got {args.temperature}")
     if args.top_k < 0 or not 0 < args.top_p <= 1:
         parser.error("--top-k must be >= 0 and --top-p in (0, 1]")
-    try:
-        cli.check_device(args.device)
-        model, ckpt = load_model(args.run, args.device)
-        itos = ckpt["vocab"]
-        stoi = {w: i for i, w in enumerate(itos)}
-        char = checkpoint_level(ckpt) == "char"
-        prompt_ids = encode_chars(args.prompt, stoi) if char else encode_prompt(args.prompt, stoi)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cli.check_device(args.device)
+    model, ckpt = load_model(args.run, args.device)
+    itos = ckpt["vocab"]
+    stoi = {w: i for i, w in enumerate(itos)}
+    char = checkpoint_level(ckpt) == "char"
+    prompt_ids = encode_chars(args.prompt, stoi) if char else encode_prompt(args.prompt, stoi)
     generator = torch.Generator()
     if args.seed is None:
         generator.seed()

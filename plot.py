@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from lm import cli
-from lm.plots import PlotError, plot_runs
+from lm.plots import plot_runs
 
 
 def get_parser():
@@ -31,11 +31,7 @@ def get_parser():
 @cli.user_errors
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    try:
-        plot_runs(args.runs, args.out, args.labels, args.title, args.x, args.ppl)
-    except PlotError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    plot_runs(args.runs, args.out, args.labels, args.title, args.x, args.ppl)
     print(f"wrote {args.out}")
     return 0
 

@@ -4,7 +4,8 @@
         --emsize 100 --nhid 300 --epochs 3 --out results/ablation -- --nonmono 1
 
 Every rung trains AWD-LSTM's architecture with some techniques on and the rest off, then scores
-validation and test perplexity with evaluate.py. The rungs, in order:
+validation and test perplexity with evaluate.py, each script run as a user would run it. The
+rungs, in order:
 
     none         no AWD-LSTM technique, but not a bare LSTM: per-step dropout at AWD-LSTM's
                  rates, SGD at the same lr with plateau annealing, fixed BPTT, untied, no AR/TAR
@@ -27,9 +28,8 @@ import shutil
 import sys
 from pathlib import Path
 
-import evaluate
-import train
 from data import SPLIT_FILES, split_paths
+from experiments import scripts
 from lm import cli
 from lm.checkpoint import LAST, METRICS, has_run, load_checkpoint, read_metrics
 
@@ -72,7 +72,7 @@ def run_rung(name, flags, common, out, runs, eval_batch_size):
     slug = name.replace("+ ", "plus-").replace(" ", "-").lower()
     run_dir = runs / slug
     argv = ["--model", "awd-lstm", *common[0], *OFF, *flags, *common[1], "--save", str(run_dir)]
-    code = train.main(["--resume", str(run_dir)] if has_run(run_dir) else argv)
+    code, _ = scripts.run("train.py", ["--resume", str(run_dir)] if has_run(run_dir) else argv)
     if code != 0:
         raise SystemExit(f"rung {name!r} failed (exit {code}); see above")
     # Training and validation time over all sessions of the run, as train.py counts it.
@@ -81,7 +81,10 @@ def run_rung(name, flags, common, out, runs, eval_batch_size):
     scores = {}
     for split in ("valid", "test"):
         path = out / f"{slug}-{split}.json"
-        evaluate.main([str(run_dir), "--split", split, "--batch-size", str(eval_batch_size), "--json", str(path)])
+        argv = [run_dir, "--split", split, "--batch-size", eval_batch_size, "--json", path]
+        code, _ = scripts.run("evaluate.py", argv)
+        if code != 0:
+            raise SystemExit(f"scoring rung {name!r} on {split} failed (exit {code}); see above")
         scores[split] = json.loads(path.read_text())["ppl"]
     shutil.copyfile(run_dir / METRICS, out / f"{slug}-metrics.jsonl")
     rows = read_metrics(run_dir)

@@ -19,17 +19,12 @@ samples at temperatures 0.7, 1 and 4, the figures and table.md with every run fo
 """
 import argparse
 import json
+import os
 import shutil
 import sys
-from contextlib import redirect_stdout
-from io import StringIO
 from pathlib import Path
 
-import torch
-
-import evaluate
-import generate
-import train
+from experiments import scripts
 from lm import cli
 from lm.checkpoint import LAST, METRICS, has_run, load_checkpoint
 from lm.plots import plot_runs
@@ -71,14 +66,15 @@ def train_run(name, run_dir, args):
         argv = ["--level", "char", "--data", args.data, "--save", str(run_dir), "--seed", str(args.seed),
                 "--plot", *run_args(name, args)]
     print(f"== {name}: python train.py {' '.join(argv)}", flush=True)
-    if train.main(argv) != 0:
+    if scripts.run("train.py", argv)[0] != 0:
         raise SystemExit(f"training {name} failed")
 
 
 def score_run(name, run_dir, out):
     for split in SPLITS:
         path = out / f"{name}-{split}.json"
-        evaluate.main([str(run_dir), "--split", split, "--batch-size", "1", "--json", str(path)])
+        if scripts.run("evaluate.py", [run_dir, "--split", split, "--batch-size", "1", "--json", path])[0] != 0:
+            raise SystemExit(f"scoring {name} on {split} failed")
     with open(out / f"{name}-samples.txt", "w") as f:
         for t in TEMPERATURES:
             text = sample(run_dir, t)
@@ -87,10 +83,11 @@ def score_run(name, run_dir, out):
 
 def sample(run_dir, temperature):
     """generate.py's output for one temperature, captured."""
-    buf = StringIO()
-    with redirect_stdout(buf):
-        generate.main([str(run_dir), "--chars", "600", "--temperature", str(temperature), "--seed", "1"])
-    return buf.getvalue().rstrip("\n")
+    code, out = scripts.run("generate.py", [run_dir, "--chars", "600", "--temperature", temperature, "--seed", "1"],
+                            capture=True)
+    if code != 0:
+        raise SystemExit(f"sampling {run_dir} failed")
+    return out.rstrip("\n")
 
 
 def report(runs_dir, out):
@@ -144,7 +141,8 @@ def get_parser():
     p.add_argument("--cosine-epochs", type=cli.count, default=16,
                    help="epochs of best-cosine, whose lr reaches 0 at the last (default: 16)")
     p.add_argument("--seed", type=int, default=1111, help="seed of every run (default: 1111)")
-    p.add_argument("--threads", type=cli.count, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=cli.count, default=None,
+                   help="torch threads of each script (default: torch's choice)")
     p.add_argument("--runs", default="checkpoints", help="where the run directories go (default: checkpoints)")
     p.add_argument("--out", default="results/char", help="where results go (default: results/char)")
     return p
@@ -158,8 +156,8 @@ def main(argv=None):
     cli.check_folder(args.out, "--out")
     if not args.best_minutes > 0:
         parser.error(f"--best-minutes must be positive, got {args.best_minutes}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads:  # for the scripts, each in its own process
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     runs_dir, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.only:

@@ -50,6 +50,7 @@ def measure(path, repeats):
             **{name: round(statistics.median(t[1:]), 4) for name, t in times.items()}}
 
 
+@cli.user_errors
 def main(argv=None):
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files (model.pt, last.pt) to measure")

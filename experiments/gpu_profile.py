@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
-import train
+from lm import cli
 from lm.config import resolve_config
+from lm.training import train_epoch
+from lm.trainrun import Run
 
 
 @contextmanager
@@ -42,12 +44,12 @@ def flagging_syncs(device):
 
 def profile_batches(train_argv, warmup, steps):
     """(profiler, synchronising sites as 'file:line' -> count, device) of `steps` batches of
-    train.train_epoch after `warmup` untimed ones."""
+    the training loop's train_epoch after `warmup` untimed ones."""
     cfg, _, _ = resolve_config(train_argv)
     cfg["log_interval"] = 10 ** 9  # no progress-bar reads inside the profiled batches
     cfg["max_batches"] = warmup
-    run = train.Run(cfg)
-    train.train_epoch(run, lambda: False)
+    run = Run(cfg)
+    train_epoch(run, lambda: False)
     cfg["max_batches"] = warmup + steps
     activities = [torch.profiler.ProfilerActivity.CPU]
     if run.device.type == "cuda":
@@ -55,16 +57,17 @@ def profile_batches(train_argv, warmup, steps):
         torch.cuda.synchronize(run.device)
     with torch.profiler.profile(activities=activities) as prof:
         with flagging_syncs(run.device) as caught:
-            train.train_epoch(run, lambda: False)
+            train_epoch(run, lambda: False)
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)  # the profile's end, not counted
     syncs = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
     return prof, syncs, run.device
 
 
+@cli.user_errors
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument("--out", required=True, help="text file for the tables")
     p.add_argument("--json", default=None, help="also write the counts to this JSON file")
     p.add_argument("--untimed-batches", type=int, default=5, help="batches before the profiled ones (default: 5)")

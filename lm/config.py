@@ -1,4 +1,5 @@
-"""train.py's configuration: defaults, presets, the command line, and how they combine.
+"""train.py's configuration: defaults, the command line, and how they combine with the presets
+(lm/presets.py).
 
 A run's config is one flat dict, saved in every checkpoint and in the run's config.json. It is
 resolved in layers, each overriding the one before:
@@ -6,9 +7,10 @@ resolved in layers, each overriding the one before:
     defaults < AWD-LSTM's defaults (--model awd-lstm) < character defaults (--level char)
              < preset < flags given on the command line
 
-The model's own defaults are written once, in model.py's config dataclasses (ModelConfig,
-AWDConfig), and read from there. --resume takes the saved config and lets only RESUMABLE flags
-change; --finetune takes the run's config and switches to NT-ASGD averaging from the start.
+The defaults are one table, DEFAULTS, by kind of run; the model's own are written once, in
+model.py's config dataclasses (ModelConfig, AWDConfig), and read from there. --resume takes the
+saved config and lets only RESUMABLE flags change; --finetune takes the run's config and switches
+to NT-ASGD averaging from the start.
 """
 import argparse
 import time
@@ -20,7 +22,8 @@ from lm import cli
 from lm.checkpoint import BEST, LAST, load_checkpoint
 from lm.kernels import DTYPES, LSTM_KERNELS, check_dtype, default_dtype
 from lm.optim import PROGRESS_SCHEDULES
-from model import MODEL_TYPES, AWDConfig, ModelConfig
+from lm.presets import PRESETS
+from model import MODEL_TYPES, AWDConfig, ModelConfig, config_from_dict
 
 
 class ConfigError(cli.UserError):
@@ -35,82 +38,44 @@ def model_defaults(cls):
 BASELINE_MODEL, AWD_MODEL = model_defaults(ModelConfig), model_defaults(AWDConfig)
 AWD_ONLY = tuple(k for k in AWD_MODEL if k not in BASELINE_MODEL)  # the dropout rates, locked_dropout
 BASELINE_ONLY = tuple(k for k in BASELINE_MODEL if k not in AWD_MODEL)  # dropout
-# Training defaults. Defaults live here rather than in the parser, so that flags given on the
-# command line can be told apart from defaults: explicit flags override presets and, on
+# Each kind of run's defaults, in layers over the plain ones (base_defaults). They live here rather
+# than in the parser, so that explicit flags can be told apart: those override presets and, on
 # --resume, the saved config.
 DEFAULTS = {
-    **BASELINE_MODEL, **dict.fromkeys(AWD_ONLY),
-    "data": "wikitext-2", "level": "word",
-    "optimizer": "sgd", "lr": None, "schedule": None, "warmup": 0.0, "anneal": 4.0, "nonmono": 5,
-    "average_start": None,
-    "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
-    "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
-    "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
-    "dist_timeout": 600.0, "save": None, "max_batches": None, "max_minutes": None, "checkpoint_every": None,
-    "log_interval": 200,
-    "plot": False,
+    "plain": {
+        **BASELINE_MODEL, **dict.fromkeys(AWD_ONLY),
+        "data": "wikitext-2", "level": "word",
+        "optimizer": "sgd", "lr": None, "schedule": None, "warmup": 0.0, "anneal": 4.0, "nonmono": 5,
+        "average_start": None, "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
+        "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
+        "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
+        "dist_timeout": 600.0, "save": None, "max_batches": None, "max_minutes": None, "checkpoint_every": None,
+        "log_interval": 200, "plot": False,
+    },
+    # AWD-LSTM's training defaults: the original code's.
+    "awd-lstm": {
+        **AWD_MODEL, **dict.fromkeys(BASELINE_ONLY),
+        "optimizer": "nt-asgd", "wdecay": 1.2e-6, "alpha": 2.0, "beta": 1.0, "batch_size": 80, "bptt": 70,
+        "variable_bptt": True, "epochs": 750,
+    },
+    # Characters are few (65 in Tiny Shakespeare) and each carries little information, so: Adam at
+    # lr 2e-3 (as char-rnn) rather than SGD at lr 20, 100-character BPTT windows, a looser clip, and
+    # none of the word-level regularizers that act on a whole token type (embedding dropout would
+    # delete every "e" of a batch; tying a 65-row decoder saves nothing).
+    "char": {
+        "data": "tinyshakespeare", "emsize": 128, "nhid": 512, "nlayers": 2, "dropout": 0.2,
+        "optimizer": "adam", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 100, "epochs": 30, "tied": False,
+    },
+    # AWD-LSTM keeps its locked dropout, weight drop and AR/TAR at milder rates, near Merity et al.
+    # 2018's character-level PTB settings (dropouti 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with
+    # a weight drop of 0.3 for a 2x512 model that trains for minutes rather than days.
+    "char awd-lstm": {
+        "dropout": None, "dropout_embedding": 0.0, "dropout_input": 0.1, "dropout_hidden": 0.25,
+        "dropout_output": 0.1, "dropout_weight": 0.3, "variable_bptt": True,
+    },
 }
-# AWD-LSTM's training defaults (the original code's), applied under --model awd-lstm.
-AWD_DEFAULTS = {
-    **AWD_MODEL, **dict.fromkeys(BASELINE_ONLY),
-    "optimizer": "nt-asgd", "wdecay": 1.2e-6, "alpha": 2.0, "beta": 1.0, "batch_size": 80, "bptt": 70,
-    "variable_bptt": True, "epochs": 750,
-}
-# Character-level defaults, applied under --level char (see the README's "Characters" section).
-# Characters are few (65 in Tiny Shakespeare) and each carries little information, so: Adam at
-# lr 2e-3 (as char-rnn) rather than SGD at lr 20, 100-character BPTT windows, a looser clip, and
-# none of the word-level regularizers that act on a whole token type (embedding dropout would
-# delete every "e" of a batch; tying a 65-row decoder saves nothing). AWD-LSTM keeps its locked
-# dropout, weight drop and AR/TAR at milder rates, near Merity et al. 2018's character-level PTB
-# settings (dropouti 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with a weight drop of 0.3 for
-# a 2x512 model that trains for minutes rather than days.
-CHAR_DEFAULTS = {
-    "data": "tinyshakespeare", "emsize": 128, "nhid": 512, "nlayers": 2, "dropout": 0.2,
-    "optimizer": "adam", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 100, "epochs": 30, "tied": False,
-}
-CHAR_AWD_DEFAULTS = {
-    **CHAR_DEFAULTS, "dropout": None, "dropout_embedding": 0.0, "dropout_input": 0.1,
-    "dropout_hidden": 0.25, "dropout_output": 0.1, "dropout_weight": 0.3, "variable_bptt": True,
-}
-# The first two presets follow the commands in the original AWD-LSTM code's README, which differ
-# in places from the paper's text (e.g. dropouth 0.2 on WikiText-2).
-PRESETS = {
-    # Its WikiText-2 command: 750 epochs, dropouth 0.2, seed 1882.
-    "awd-lstm-wt2": {"model": "awd-lstm", "data": "wikitext-2", "dropout_hidden": 0.2, "seed": 1882},
-    # Its PTB command: batch 20, dropouti 0.4, dropouth 0.25, seed 141, 500 epochs.
-    "awd-lstm-ptb": {"model": "awd-lstm", "data": "ptb", "batch_size": 20, "dropout_input": 0.4,
-                     "dropout_hidden": 0.25, "seed": 141, "epochs": 500},
-    # The fast recipe: Adam, batch 100, clip 0.12, one-cycle over 90 epochs (reported by fast.ai
-    # to reach 68.7/65.5 val/test on WikiText-2); betas (0.7, 0.99) as in fast.ai's LM recipes.
-    "awd-lstm-adam": {"model": "awd-lstm", "data": "wikitext-2", "dropout_hidden": 0.2,
-                      "seed": 1882, "optimizer": "adam", "lr": 3e-3, "adam_betas": [0.7, 0.99],
-                      "schedule": "onecycle", "warmup": 0.25, "batch_size": 100, "clip": 0.12,
-                      "epochs": 90},
-    # Recipes for two hours of training on a 2-core CPU (issue 13), chosen by the trial pairs in
-    # results/budget-trials/. The budget is --max-minutes, so --max-minutes 60 gives the same
-    # recipe for an hour: the one-cycle schedule runs over the budget, plateau annealing adapts.
-    # The baseline: pair 2's winner, the 2x650 tied LSTM with SGD and plateau annealing.
-    "lstm-cpu-2h": {"model": "lstm", "data": "wikitext-2", "emsize": 650, "nhid": 650, "nlayers": 2,
-                    "tied": True, "dropout": 0.5, "lr": 20.0, "schedule": "plateau", "batch_size": 20,
-                    "bptt": 35, "max_minutes": 120.0, "checkpoint_every": 10.0},
-    # AWD-LSTM: awd-lstm-adam with every dropout at a quarter of the paper's (pair 3's winner).
-    "awd-lstm-cpu-2h": {"model": "awd-lstm", "data": "wikitext-2", "seed": 1882, "optimizer": "adam",
-                        "lr": 3e-3, "adam_betas": [0.7, 0.99], "schedule": "onecycle", "warmup": 0.25,
-                        "batch_size": 100, "clip": 0.12, "epochs": 90, "dropout_embedding": 0.025,
-                        "dropout_input": 0.1625, "dropout_hidden": 0.05, "dropout_output": 0.1,
-                        "dropout_weight": 0.125, "max_minutes": 120.0, "checkpoint_every": 10.0},
-    # A GPU budget: the fast recipe as published in sgugger/Adam-experiments (README: "python train_rnn.py
-    # 5e-3 --wd=1.2e-6 --alpha=3 --beta=1.5", with train_lm's defaults: Adam betas (0.8, 0.99), batch 100,
-    # bptt 70, clip 0.12, dropouts 0.6/0.4/0.5/0.1/0.2 as dropouti/dropout/wdrop/dropoute/dropouth, and
-    # get_phases' schedule over 90 epochs), spread over --max-minutes 12 (~75 H200 epochs at 9.7 s each).
-    # Not taken: its cyclical beta1 (0.8 -> 0.7 -> 0.8; ours stays 0.8), its seed; our variable BPTT also
-    # scales the lr by length/bptt.
-    "awd-lstm-gpu": {"model": "awd-lstm", "data": "wikitext-2", "seed": 1882, "optimizer": "adam", "lr": 5e-3,
-                     "adam_betas": [0.8, 0.99], "wdecay": 1.2e-6, "schedule": "onecycle-flat", "warmup": 7.5 / 90,
-                     "batch_size": 100, "bptt": 70, "clip": 0.12, "alpha": 3.0, "beta": 1.5, "epochs": 90,
-                     "dropout_input": 0.6, "dropout_output": 0.4, "dropout_weight": 0.5,
-                     "dropout_embedding": 0.1, "dropout_hidden": 0.2, "max_minutes": 12.0},
-}
+# The kinds of run with their own defaults, as (awd, char), named as --help names them.
+KINDS = {kind: ("awd-lstm" in kind, "char" in kind) for kind in DEFAULTS if kind != "plain"}
 DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 # Flags that may change when a run is resumed; the rest would make it a different run.
 RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "checkpoint_every", "dist_timeout",
@@ -120,8 +85,6 @@ LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": Fa
                "checkpoint_every": None, "average_start": None, "dist_timeout": 600.0}
 # Flags that --finetune may not change: they define the model being fine-tuned.
 MODEL_FLAGS = {"data", "level", *BASELINE_MODEL, *AWD_MODEL}
-# Kinds of run with their own defaults, as (awd, char), named as --help names them.
-KINDS = {"awd-lstm": (True, False), "char": (False, True), "char awd-lstm": (True, True)}
 
 
 def flag(key):
@@ -129,10 +92,13 @@ def flag(key):
 
 
 def base_defaults(awd, char):
-    """The defaults of a run before presets and flags: DEFAULTS, then AWD-LSTM's for awd-lstm,
-    then the character defaults for --level char."""
-    char_table = (CHAR_AWD_DEFAULTS if awd else CHAR_DEFAULTS) if char else {}
-    return {**DEFAULTS, **(AWD_DEFAULTS if awd else {}), **char_table}
+    """The defaults of a run before presets and flags: the plain layer of DEFAULTS, then each
+    kind's layer that the run is of (awd-lstm, char, both), in that order."""
+    cfg = dict(DEFAULTS["plain"])
+    for kind, (kind_awd, kind_char) in KINDS.items():
+        if (awd or not kind_awd) and (char or not kind_char):
+            cfg.update(DEFAULTS[kind])
+    return cfg
 
 
 def default_note(key):
@@ -144,7 +110,8 @@ def default_note(key):
         refined = [base_defaults(False, char)[key], base_defaults(awd, False)[key]]
         if value is not None and any(value != r for r in refined):
             shown.setdefault(str(value), []).append(kind)
-    parts = [] if DEFAULTS[key] is None else [str(DEFAULTS[key])]
+    plain = DEFAULTS["plain"][key]
+    parts = [] if plain is None else [str(plain)]
     parts += [f"{value} for {' and '.join(kinds)}" for value, kinds in shown.items()]
     return f" (default: {', '.join(parts)})" if parts else ""
 
@@ -263,7 +230,7 @@ def fill_defaults(given):
     """Defaults < AWD-LSTM defaults (for awd-lstm) < character defaults (for --level char) <
     preset < explicit flags."""
     preset = PRESETS[given["preset"]] if given.get("preset") else {}
-    model = given.get("model") or preset.get("model") or DEFAULTS["model"]
+    model = given.get("model") or preset.get("model") or DEFAULTS["plain"]["model"]
     cfg = {**base_defaults(model == "awd-lstm", given.get("level") == "char"), **preset,
            **{k: v for k, v in given.items() if k != "preset"}, "preset": given.get("preset")}
     if cfg["lr"] is None:
@@ -272,16 +239,11 @@ def fill_defaults(given):
         cfg["schedule"] = "constant" if cfg["optimizer"] == "nt-asgd" else "plateau"
     if cfg["device"] is None:
         cfg["device"] = cli.default_device()
-    check_device(cfg["device"])
+    cli.check_device(cfg["device"])
     if cfg["dtype"] is None:
         cfg["dtype"] = default_dtype(cfg["device"])
     cfg["finetune"] = None
     return cfg
-
-
-def check_device(device):
-    if device:  # None: not resolved yet (DEFAULTS)
-        cli.check_device(device)
 
 
 def check_config(cfg, given):
@@ -311,7 +273,8 @@ def check_config(cfg, given):
     if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":
         raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']} "
                           "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
-    check_device(cfg["device"])
+    if cfg["device"]:  # None: not resolved yet (the plain defaults)
+        cli.check_device(cfg["device"])
     for key in ("dtype", "val_dtype"):
         if cfg[key]:
             check_dtype(cfg["device"], cfg[key], flag=flag(key))
@@ -324,10 +287,13 @@ def check_config(cfg, given):
         raise ConfigError("--average-start does not apply to --finetune, which averages from its first step")
 
 
-def model_config(cfg, vocab_size):
-    """The run config's model part, as the model's config dataclass."""
+def model_config(cfg, vocab_size, saved=None):
+    """The model's config dataclass: a checkpoint's `saved` model config where it starts from one,
+    else the run config's model part. model.py's dataclasses refuse what cannot be built."""
     cls = AWDConfig if cfg["model"] == "awd-lstm" else ModelConfig
     try:
+        if saved is not None:
+            return config_from_dict(saved)
         return cls(vocab_size=vocab_size, **{k: cfg[k] for k in model_defaults(cls)})
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -1,5 +1,8 @@
-"""Shared test helpers: tiny corpora, tiny run flags, and readers of a run directory."""
+"""Shared test helpers: tiny corpora, tiny run flags, readers of a run directory, and the
+experiment drivers' scripts run in the test's own process."""
+import contextlib
 import hashlib
+import io
 import random
 from pathlib import Path
 
@@ -63,6 +66,28 @@ def train_once(tmp_path_factory, name, write_data, args):
     assert train.main(["--data", str(data_path), "--save", str(run), *args]) == 0
     mp.undo()
     return run, data_path
+
+
+def scripts_in_process(monkeypatch):
+    """Make the experiment drivers run train.py, evaluate.py and generate.py through their main()
+    in this process, with the same command lines, rather than each in a new Python that imports
+    torch again (tests/test_char.py checks that the two give the same output)."""
+    import evaluate
+    import generate
+    import train
+    from experiments import scripts
+    mains = {"train.py": train.main, "evaluate.py": evaluate.main, "generate.py": generate.main}
+
+    def run(script, argv, capture=False):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
+            try:
+                code = mains[script]([str(a) for a in argv])
+            except SystemExit as e:  # a usage error
+                code = e.code
+        return code, out.getvalue() if capture else None
+
+    monkeypatch.setattr(scripts, "run", run)
 
 
 def metrics(run):

@@ -21,16 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (file, the code as it is, the code with the mistake)
 MUTANTS = {
-    "ar-tar-swapped": ("train.py", 'activation_regularization(out.dropped, cfg["alpha"])\n'
+    "ar-tar-swapped": ("lm/training.py", 'activation_regularization(out.dropped, cfg["alpha"])\n'
                        '                + temporal_activation_regularization(out.raw, cfg["beta"])',
                        'activation_regularization(out.raw, cfg["alpha"])\n'
                        '                + temporal_activation_regularization(out.dropped, cfg["beta"])'),
-    "lr-factor-fixed-at-1": ("train.py", 'factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0',
+    "lr-factor-fixed-at-1": ("lm/training.py", 'factor = x.size(0) / cfg["bptt"] if cfg["variable_bptt"] else 1.0',
                              "factor = 1.0"),
-    "seq-len-fixed-at-bptt": ("train.py", 'seq_len = sample_seq_len(cfg["bptt"], run.lengths) if '
+    "seq-len-fixed-at-bptt": ("lm/training.py", 'seq_len = sample_seq_len(cfg["bptt"], run.lengths) if '
                               'cfg["variable_bptt"] else cfg["bptt"]', 'seq_len = cfg["bptt"]'),
-    "position-advances-by-bptt": ("train.py", "state.position += x.size(0)", 'state.position += cfg["bptt"]'),
-    "state-reset-every-batch": ("train.py", "step = train_step(run.net, x, y, run.hidden,",
+    "position-advances-by-bptt": ("lm/training.py", "state.position += x.size(0)", 'state.position += cfg["bptt"]'),
+    "state-reset-every-batch": ("lm/training.py", "step = train_step(run.net, x, y, run.hidden,",
                                 'step = train_step(run.net, x, y, model.init_hidden(cfg["batch_size"]),'),
     "input-output-dropout-swapped": ("model.py", "LockedDropout(cfg.dropout_input, cfg.locked_dropout)",
                                      "LockedDropout(cfg.dropout_output, cfg.locked_dropout)"),
@@ -49,19 +49,19 @@ MUTANTS = {
                                  "run.state.best_val_loss = math.inf"),
     "finetune-lr-not-inherited": ("lm/config.py", 'lr = saved["lr"] if saved["optimizer"] in ("sgd", "nt-asgd") '
                                   'else DEFAULT_LR["nt-asgd"]', 'lr = DEFAULT_LR["nt-asgd"]'),
-    "no-weight-decay": ("train.py", "torch.optim.SGD(params, lr=lr, weight_decay=wd)",
+    "no-weight-decay": ("lm/training.py", "torch.optim.SGD(params, lr=lr, weight_decay=wd)",
                         "torch.optim.SGD(params, lr=lr)"),
     "awd-decoder-bias-not-zeroed": ("model.py", "        nn.init.zeros_(self.decoder.bias)\n        if cfg.tied:",
                                     "        if cfg.tied:"),
-    "no-clipping-for-awd": ("train.py", 'if cfg["clip"] > 0:',
+    "no-clipping-for-awd": ("lm/training.py", 'if cfg["clip"] > 0:',
                             'if cfg["clip"] > 0 and type(model).__name__ != "AWDLSTM":'),
     "bf16-target-gradient": ("lm/kernels.py", "probs[rows, targets] = rest.neg().to(probs.dtype)",
                              "probs[rows, targets] = (p_target - 1).to(probs.dtype)"),
     "bf16-dropout-mask": ("model.py", "return x * dropout_mask(shape, self.p, x.device)",
                           "return x * dropout_mask(shape, self.p, x.device).to(x.dtype)"),
-    "validation-in-training-dtype": ("train.py", 'evaluate(self.model, self.val_data, self.cfg["val_dtype"])',
+    "validation-in-training-dtype": ("lm/trainrun.py", 'evaluate(self.model, self.val_data, self.cfg["val_dtype"])',
                                      'evaluate(self.model, self.val_data, self.cfg["dtype"])'),
-    "schedule-ignores-max-batches": ("train.py", 'if self.cfg["max_batches"]:\n            part = max(',
+    "schedule-ignores-max-batches": ("lm/trainrun.py", 'if self.cfg["max_batches"]:\n            part = max(',
                                      'if False:\n            part = max('),
     "schedule-ignores-max-minutes": ("lm/optim.py", "by_time = seconds / (60 * max_minutes) if max_minutes else 0.0",
                                      "by_time = 0.0"),
@@ -86,7 +86,7 @@ MUTANTS = {
         "key_words)\n            log_likelihood, hits = model_scores(log_probs, t)\n"
         "            self.model_nats -= log_likelihood\n            self.model_correct += hits\n"
         "            return mixed\n            return mixture_scores("),
-    "average-start-late": ("train.py", 'run.progress() >= cfg["average_start"]',
+    "average-start-late": ("lm/training.py", 'run.progress() >= cfg["average_start"]',
                            'run.progress() > cfg["average_start"] + 0.1'),
     "dyneval-decay-away-from-theta0": ("lm/dyneval.py", "self.keep = [1 - d for d in decay]",
                                        "self.keep = [1 + d for d in decay]"),
@@ -120,7 +120,7 @@ MUTANTS = {
                                                "grad, ctx.tied.grad = None, None"),
     "tied-decoder-gradient-without-a-lookup": ("lm/kernels.py", "if ctx.tied is not None and ctx.tied.lookup:",
                                                "if ctx.tied is not None:"),
-    "resume-drops-the-fused-optimizer": ("train.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
+    "resume-drops-the-fused-optimizer": ("lm/trainrun.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
                                          'self.optimizer.load_state_dict(ckpt["optimizer"])'),
     "scored-loss-scores-the-softmax": ("lm/kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
                                        "torch.softmax(probs, dim=1, out=probs)\n"
@@ -134,23 +134,24 @@ MUTANTS = {
     "fp16-allowed-for-unscaled-gradients": ("lm/kernels.py", 'if dtype == "fp16" and unscaled_backward:', "if False:"),
     "other-accelerators-refused": ("lm/cli.py", "available = current is not None and current.type == kind",
                                    "available = False"),
-    "clip-before-unscale": ("train.py", '    scaler.unscale_(optimizer)\n    if cfg["clip"] > 0:',
+    "clip-before-unscale": ("lm/training.py", '    scaler.unscale_(optimizer)\n    if cfg["clip"] > 0:',
                             '    if cfg["clip"] > 0:'),
-    "skipped-step-averaged": ("train.py", "        if step.applied:\n            run.averaging.after_step(model)",
+    "skipped-step-averaged": ("lm/training.py", "        if step.applied:\n            run.averaging.after_step(model)",
                               "        run.averaging.after_step(model)"),
-    "skipped-step-counted-as-a-batch": ("train.py", "state.batches += step.applied", "state.batches += 1"),
-    "skipped-step-loss-counted": ("train.py", "counted = y.numel() if step.applied else 0", "counted = y.numel()"),
-    "skipped-rows-move-the-schedule": ("train.py", "(self.state.position - self.state.skipped_rows)",
+    "skipped-step-counted-as-a-batch": ("lm/training.py", "state.batches += step.applied", "state.batches += 1"),
+    "skipped-step-loss-counted": ("lm/training.py", "counted = y.numel() if step.applied else 0",
+                                  "counted = y.numel()"),
+    "skipped-rows-move-the-schedule": ("lm/trainrun.py", "(self.state.position - self.state.skipped_rows)",
                                        "(self.state.position)"),
-    "scaler-state-not-saved": ("train.py", "hidden, rng,\n" + " " * 36 + "self.scaler.state_dict())",
+    "scaler-state-not-saved": ("lm/trainrun.py", "hidden, rng,\n" + " " * 36 + "self.scaler.state_dict())",
                                "hidden, rng,\n" + " " * 36 + "None)"),
     "one-process-torchrun-not-distributed": ("lm/distributed.py", "return self.size > 1 or self.launched",
                                              "return self.size > 1"),
     "all-skipped-epoch-unchecked": ("train.py", "    if not state.train_tokens:\n", "    if False:\n"),
     "skipped-step-reported-applied": ("lm/optim.py", "return self.scale >= before", "return True"),
-    "resume-needs-a-scaler-entry": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
+    "resume-needs-a-scaler-entry": ("lm/trainrun.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
                                     'self.scaler.load_state_dict(ckpt["scaler"])'),
-    "scaler-state-not-restored": ("train.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
+    "scaler-state-not-restored": ("lm/trainrun.py", 'self.scaler.load_state_dict(ckpt.get("scaler"))',
                                   "self.scaler.load_state_dict(None)"),
     "digest-not-checked": ("lm/checkpoint.py", "if sha.hexdigest().encode() != view[end + 22 + len(DIGEST_TAG):]:",
                            "if False:"),
@@ -164,24 +165,24 @@ MUTANTS = {
     "metrics-of-unsaved-epochs-kept": ("lm/checkpoint.py", "        if row is not None and epoch <= epochs_done:\n",
                                        "        if row is not None:\n"),
     "config-written-before-the-metrics-check": (
-        "train.py", "                metrics, note = kept_metrics(self.dir, self.state.epoch)",
+        "lm/trainrun.py", "                metrics, note = kept_metrics(self.dir, self.state.epoch)",
         "                if self.dir.is_dir():\n                    write_config(self.dir, self.cfg)\n"
         "                metrics, note = kept_metrics(self.dir, self.state.epoch)"),
-    "gpu-preset-with-our-betas": ("lm/config.py", '"adam_betas": [0.8, 0.99], "wdecay": 1.2e-6',
+    "gpu-preset-with-our-betas": ("lm/presets.py", '"adam_betas": [0.8, 0.99], "wdecay": 1.2e-6',
                                   '"adam_betas": [0.7, 0.99], "wdecay": 1.2e-6'),
     "flat-onecycle-never-flat": ("lm/optim.py", "    if progress < 0.5:\n        return base_lr\n", ""),
-    "flat-onecycle-not-scheduled-in-training": ("train.py", 'if cfg["schedule"] in PROGRESS_SCHEDULES:',
+    "flat-onecycle-not-scheduled-in-training": ("lm/training.py", 'if cfg["schedule"] in PROGRESS_SCHEDULES:',
                                                 'if cfg["schedule"] in ("cosine", "onecycle"):'),
     "gpu-summary-target-sense-flipped": ("experiments/gpu_summary.py", 'found[key] <= bound if sense == "max"',
                                          'found[key] >= bound if sense == "max"'),
     # Issue 35: what users rely on beyond each technique alone.
-    "resume-loses-the-optimizer-state": ("train.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
+    "resume-loses-the-optimizer-state": ("lm/trainrun.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
                                          'load_optimizer_state(self.optimizer, {**ckpt["optimizer"], "state": {}})'),
     "resume-restarts-the-adam-step-count": (
-        "train.py", "    optimizer.load_state_dict(state)\n",
+        "lm/training.py", "    optimizer.load_state_dict(state)\n",
         '    optimizer.load_state_dict({**state, "state": {k: {**v, "step": v["step"] * 0} '
         'for k, v in state["state"].items()}})\n'),
-    "resume-keeps-metrics-of-unsaved-epochs": ("train.py", "                if metrics is not None:\n"
+    "resume-keeps-metrics-of-unsaved-epochs": ("lm/trainrun.py", "                if metrics is not None:\n"
                                                "                    write_metrics(self.dir, metrics)\n", ""),
     "nt-asgd-restarts-when-the-trigger-holds-again": ("lm/optim.py",
                                                       'if self.mode == "trigger" and not self.active and trigger:',
@@ -195,13 +196,15 @@ MUTANTS = {
                                                   "return lines[:-1]"),
     "continued-cache-forgets-its-position": ("lm/cache.py", 'state["words"], state["seen"]', 'state["words"], 0'),
     # A further round over the scripts' flags and resume paths.
-    "fault-tests-checkpoint-one-batch-early": ("train.py", "faults.checkpoint_due(self.state.batches + 1)",
+    "fault-tests-checkpoint-one-batch-early": ("lm/trainrun.py", "faults.checkpoint_due(self.state.batches + 1)",
                                                "faults.checkpoint_due(self.state.batches)"),
     "kept-pass-key-ignores-the-cache-gaps": ("lm/dyneval.py",
                                              "repr((cache.window, cache.theta, cache.lam, cache.gaps))",
                                              "repr((cache.window, cache.theta, cache.lam))"),
     "generate-ignores-the-prompt": ("generate.py", "ids = generate(model, prompt_ids, length,",
                                     "ids = generate(model, [], length,"),
+    # Issue 32: the experiment drivers run the scripts as a user would.
+    "driver-drops-the-script-arguments": ("experiments/scripts.py", "*map(str, argv)]", "*map(str, argv[:1])]"),
 }
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import train
-from helpers import AWD_TINY, ROOT, metrics, step_by_step, write_corpus
-from lm import optim
+from helpers import AWD_TINY, ROOT, metrics, scripts_in_process, step_by_step, write_corpus
+from lm import optim, training, trainrun
 from lm.config import model_config, resolve_config
 from lm.kernels import autocast
 from lm.optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
@@ -208,7 +208,7 @@ def test_lr_is_scaled_for_the_step_and_restored_after():
     probe.load_state_dict(model.state_dict())
     loss = nn.functional.cross_entropy(probe(x, probe.init_hidden(4)).logits.view(-1, 30), y.view(-1))
     loss.backward()
-    train.train_step(model, x, y, model.init_hidden(4), opt, cfg, lr_factor=0.25)
+    training.train_step(model, x, y, model.init_hidden(4), opt, cfg, lr_factor=0.25)
     torch.testing.assert_close(model.decoder.bias.detach(), before - 0.5 * probe.decoder.bias.grad)
     assert opt.param_groups[0]["lr"] == 2.0
 
@@ -247,19 +247,19 @@ def test_nt_asgd_starts_averaging_at_the_trigger_epoch_and_only_once():
 
 def tiny_awd_run(corpus_dir, tmp_path, *flags):
     cfg, _, _ = resolve_config(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), *AWD_TINY, *flags])
-    return train.Run(cfg)
+    return trainrun.Run(cfg)
 
 
 def record_iterates(monkeypatch, model):
     """A list that receives a copy of the model's weights after every train_step from now on."""
-    iterates, real_step = [], train.train_step
+    iterates, real_step = [], training.train_step
 
     def recording_step(*args, **kw):
         result = real_step(*args, **kw)
         iterates.append({n: p.detach().clone() for n, p in model.named_parameters()})
         return result
 
-    monkeypatch.setattr(train, "train_step", recording_step)
+    monkeypatch.setattr(training, "train_step", recording_step)
     return iterates
 
 
@@ -273,10 +273,10 @@ def assert_mean_of(averaging, iterates, count):
 def test_averaged_weights_equal_the_mean_of_the_iterates_since_the_trigger(corpus_dir, tmp_path, monkeypatch):
     run = tiny_awd_run(corpus_dir, tmp_path, "--max-batches", "6")
     model, iterates = run.model, record_iterates(monkeypatch, run.model)
-    train.train_epoch(run, lambda: False)
+    training.train_epoch(run, lambda: False)
     run.averaging.start(model, epoch=1)  # the trigger: iterates from here on are averaged
-    run.state = train.TrainState(lr=run.cfg["lr"], epoch=1)
-    train.train_epoch(run, lambda: False)
+    run.state = training.TrainState(lr=run.cfg["lr"], epoch=1)
+    training.train_epoch(run, lambda: False)
     assert_mean_of(run.averaging, iterates[6:], 6)
 
     raw = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -293,10 +293,10 @@ def test_average_start_averages_the_iterates_from_its_fraction_of_the_plan(corpu
     run = tiny_awd_run(corpus_dir, tmp_path, "--optimizer", "adam", "--epochs", "2", "--max-batches", "5",
                        "--average-start", "0.35")
     iterates = record_iterates(monkeypatch, run.model)
-    train.train_epoch(run, lambda: False)
+    training.train_epoch(run, lambda: False)
     assert run.averaging.mode == "scheduled" and run.averaging.started == 0 and run.averaging.count == 1
-    run.state = train.TrainState(lr=run.cfg["lr"], epoch=1)
-    train.train_epoch(run, lambda: False)
+    run.state = training.TrainState(lr=run.cfg["lr"], epoch=1)
+    training.train_epoch(run, lambda: False)
     assert_mean_of(run.averaging, iterates[4:], 6)
 
 
@@ -359,9 +359,9 @@ def test_finetune_averages_from_the_start_and_stops_on_the_criterion(corpus_dir,
     assert last["averaging"]["started"] == 0 and last["state"]["finished"]
     assert last["train_config"]["optimizer"] == "nt-asgd" and last["train_config"]["finetune"] == str(run)
     cfg, ckpt, mode = resolve_config(["--resume", str(tuned)])  # resumed, it is still fine-tuning
-    assert train.Run(cfg, ckpt, mode).averaging.mode == "finetune"
+    assert trainrun.Run(cfg, ckpt, mode).averaging.mode == "finetune"
     del ckpt["averaging"]["mode"]  # as in checkpoints saved before the mode was kept
-    assert train.Run(cfg, ckpt, mode).averaging.mode == "finetune"
+    assert trainrun.Run(cfg, ckpt, mode).averaging.mode == "finetune"
 
 
 # --- the model as a whole: presets, parameter counts, ablation switches ---------------------
@@ -429,8 +429,9 @@ def test_baseline_and_awd_flags_do_not_mix(tmp_path, capsys):
     assert "--dropout does not apply" in capsys.readouterr().err
 
 
-def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path):
+def test_ablation_ladder_writes_a_table_of_its_rungs(corpus_dir, tmp_path, monkeypatch):
     from experiments import ablate
+    scripts_in_process(monkeypatch)
     out = tmp_path / "ablation"
     assert ablate.main(["--data", str(corpus_dir), "--train-lines", "200", "--emsize", "8", "--nhid", "16",
                         "--nlayers", "2", "--epochs", "1", "--batch-size", "4", "--bptt", "10",

@@ -11,6 +11,7 @@ import evaluate
 import generate
 import plot
 from data import DataError, load_corpus, split_text
+from experiments import scripts
 from helpers import SHARED_DATA, grammar_lines, train_once
 from lm import config, plots, scoring
 from lm.checkpoint import load_model, read_metrics
@@ -177,6 +178,14 @@ def test_char_sampling_is_reproducible_with_a_seed(char_run, capsys):
     assert a.startswith("the ") and len(a) == len("the ") + 80 + 1  # and print's newline
     for t in ("0.7", "1", "4"):
         assert len(chars(run, "--chars", "50", "--temperature", t, "--seed", "1", capsys=capsys)) == 51
+
+
+def test_the_drivers_run_a_script_as_a_user_would(char_run, capsys):
+    """experiments.scripts.run starts generate.py in a new Python from the current folder, as the
+    experiment drivers do (their tests run the scripts' main() in process): same output, same code."""
+    run, _ = char_run
+    args = ["--chars", "40", "--seed", "2", "--temperature", "0.7", "--prompt", "the "]
+    assert scripts.run("generate.py", [run, *args], capture=True) == (0, chars(run, *args, capsys=capsys))
 
 
 def test_very_low_temperature_gives_the_argmax(char_run):

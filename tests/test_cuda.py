@@ -20,6 +20,7 @@ import evaluate
 import generate
 import train
 from helpers import AWD_TINY, TINY, assert_same_weights, metrics, train_once, weights, write_corpus
+from lm import training
 from lm.kernels import bf16_is_fast
 
 pytestmark = pytest.mark.cuda
@@ -83,7 +84,7 @@ def test_fp32_training_on_cuda_follows_the_cpu(corpus_dir, tmp_path):
 def train_stopped_at_step(args, step, monkeypatch):
     """train.main(args) with a Ctrl-C during its `step`-th training step; returns its exit code."""
     import signal
-    real_step, calls = train.train_step, []
+    real_step, calls = training.train_step, []
 
     def step_then_ctrl_c(*a, **kw):
         calls.append(1)
@@ -92,7 +93,7 @@ def train_stopped_at_step(args, step, monkeypatch):
         return real_step(*a, **kw)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "train_step", step_then_ctrl_c)
+        patch.setattr(training, "train_step", step_then_ctrl_c)
         return train.main(args)
 
 

@@ -16,6 +16,8 @@ import torch
 
 import train
 from helpers import ROOT, TINY, metrics, write_corpus
+from lm import distributed, trainrun
+from lm.config import ConfigError, resolve_config
 
 AWD_NO_DROPOUT = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2", "--batch-size", "8",
                   "--bptt", "10", "--eval-batch-size", "4", "--device", "cpu", "--log-interval", "10", "--lr", "10",
@@ -95,7 +97,7 @@ def test_two_processes_equal_one_for_the_baseline(tmp_path, monkeypatch):
 
 
 def test_torchrun_makes_a_distributed_world_even_of_one_process():
-    world = train.distributed.world_from_env
+    world = distributed.world_from_env
     assert world({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}).active
     assert world({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}).active
     assert not world({}).active  # plain python
@@ -186,12 +188,12 @@ def test_resuming_with_another_number_of_processes_is_a_one_line_error(trained_r
     import shutil
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run)
-    world = train.distributed.World(rank=0, size=2, local_rank=0, local_size=2)
-    cfg, ckpt, mode = train.resolve_config(["--resume", str(run), "--epochs", "10"])
-    monkeypatch.setattr(train.distributed, "columns", lambda data, w: data)
-    monkeypatch.setattr(train, "DistributedDataParallel", lambda model, device_ids: model)
-    with pytest.raises(train.ConfigError, match="trained by 1 process.*resume it with 1"):
-        train.Run(cfg, ckpt, mode, world)
+    world = distributed.World(rank=0, size=2, local_rank=0, local_size=2)
+    cfg, ckpt, mode = resolve_config(["--resume", str(run), "--epochs", "10"])
+    monkeypatch.setattr(distributed, "columns", lambda data, w: data)
+    monkeypatch.setattr(trainrun, "DistributedDataParallel", lambda model, device_ids: model)
+    with pytest.raises(ConfigError, match="trained by 1 process.*resume it with 1"):
+        trainrun.Run(cfg, ckpt, mode, world)
 
 
 

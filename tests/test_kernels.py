@@ -13,7 +13,7 @@ import model
 import train
 from data import batchify, load_corpus
 from helpers import TINY, needs_bf16_cpu
-from lm import config, kernels, scoring
+from lm import config, kernels, scoring, trainrun
 from lm.kernels import (
     Workspace,
     autocast,
@@ -385,7 +385,7 @@ def test_lstm_kernel_flag_reaches_the_layers_and_the_checkpoint(corpus_dir, tmp_
     assert train.main(["--data", str(corpus_dir), "--save", str(run), "--epochs", "1", *flags]) == 0
     cfg, ckpt, _ = config.resolve_config(["--resume", str(run)])
     assert cfg["lstm_kernel"] == ckpt["train_config"]["lstm_kernel"] == "own"
-    net = train.Run(cfg, ckpt, "resume").model
+    net = trainrun.Run(cfg, ckpt, "resume").model
     assert {r.kernel for r in net.rnns} == {"own"}
     with pytest.raises(config.ConfigError, match="awd-lstm only"):
         config.resolve_config(["--model", "lstm", "--lstm-kernel", "own"])

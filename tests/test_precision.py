@@ -12,7 +12,7 @@ import generate
 import train
 import tune
 from helpers import AWD_TINY, TINY, assert_same_weights, metrics, weights
-from lm import cli, config, kernels
+from lm import cli, config, kernels, training, trainrun
 from lm.optim import LossScaler
 
 
@@ -86,9 +86,9 @@ ADAM_CFG = {**STEP_CFG, "optimizer": "adam", "lr": 0.01}
 
 def one_step(net, cfg, scaler, seed=5):
     torch.manual_seed(seed)  # the same dropout masks for every twin
-    opt = train.make_optimizer(net, cfg)
+    opt = training.make_optimizer(net, cfg)
     x, y = batch()
-    return train.train_step(net, x, y, net.init_hidden(4), opt, cfg, scaler=scaler), opt
+    return training.train_step(net, x, y, net.init_hidden(4), opt, cfg, scaler=scaler), opt
 
 
 @pytest.mark.parametrize("cfg", [STEP_CFG, ADAM_CFG], ids=["sgd", "fused adam"])
@@ -123,7 +123,7 @@ def poisoned_steps(monkeypatch, run, skip):
     numbered in `skip` (0-based) made inf; returns, per step, the weights before and after, the
     lr it ran at, its rows and whether it was applied."""
     run.scaler = LossScaler("cpu", enabled=True)
-    calls, real_step = [], train.train_step
+    calls, real_step = [], training.train_step
 
     def step(*args, **kw):
         model = run.model
@@ -139,8 +139,8 @@ def poisoned_steps(monkeypatch, run, skip):
         return result
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "train_step", step)
-        train.train_epoch(run, lambda: False)
+        patch.setattr(training, "train_step", step)
+        training.train_epoch(run, lambda: False)
     return calls
 
 
@@ -170,13 +170,13 @@ def test_a_skipped_step_counts_nowhere_but_its_rows_are_used_up(corpus_dir, tmp_
 
 def tiny_run(corpus_dir, folder, flags):
     cfg, _, _ = config.resolve_config(["--data", str(corpus_dir), "--save", str(folder), *AWD_TINY, *flags])
-    return train.Run(cfg)
+    return trainrun.Run(cfg)
 
 
 def gradients_beyond(monkeypatch, limit):
     """Every model that train.py builds from now on has each gradient entry above `limit` made
     inf, as fp16 does beyond its range (65504)."""
-    real_build = train.build_model
+    real_build = trainrun.build_model
 
     def build(*args):
         model = real_build(*args)
@@ -184,12 +184,12 @@ def gradients_beyond(monkeypatch, limit):
             p.register_hook(lambda g: torch.where(g.abs() > limit, float("inf"), g))
         return model
 
-    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(trainrun, "build_model", build)
 
 
 def test_an_epoch_whose_every_step_was_skipped_is_a_one_line_error(corpus_dir, tmp_path, monkeypatch, capsys):
     gradients_beyond(monkeypatch, 0.0)
-    monkeypatch.setattr(train, "LossScaler", lambda device_type, enabled: LossScaler("cpu", True))
+    monkeypatch.setattr(trainrun, "LossScaler", lambda device_type, enabled: LossScaler("cpu", True))
     assert train.main(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), *TINY, "--epochs", "1"]) == 2
     assert "every step of epoch 1 had inf/NaN gradients" in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -200,12 +200,12 @@ def test_the_scaler_state_is_saved_and_a_resume_continues_exactly(corpus_dir, tm
     so a run stopped mid-epoch and resumed takes the same steps as an uninterrupted one only if
     last.pt kept them."""
     gradients_beyond(monkeypatch, 65504)
-    monkeypatch.setattr(train, "LossScaler", lambda device_type, enabled: LossScaler(
+    monkeypatch.setattr(trainrun, "LossScaler", lambda device_type, enabled: LossScaler(
         "cpu", True, init_scale=2.0 ** 20, growth_interval=3))  # it skips the first 2 steps here
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     common = ["--data", str(corpus_dir), *TINY, "--epochs", "2", "--max-batches", "10"]
     assert train.main([*common, "--save", str(straight)]) == 0
-    real_step, calls = train.train_step, []
+    real_step, calls = training.train_step, []
 
     def step_then_ctrl_c(*args, **kw):
         calls.append(1)
@@ -213,9 +213,9 @@ def test_the_scaler_state_is_saved_and_a_resume_continues_exactly(corpus_dir, tm
             signal.raise_signal(signal.SIGINT)
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(training, "train_step", step_then_ctrl_c)
     assert train.main([*common, "--save", str(stopped)]) == 130
-    monkeypatch.setattr(train, "train_step", real_step)
+    monkeypatch.setattr(training, "train_step", real_step)
     saved = torch.load(stopped / "last.pt", weights_only=True)
     assert 0 < saved["state"]["skipped_rows"] and saved["state"]["batches"] < 7  # steps were skipped
     assert train.main(["--resume", str(stopped)]) == 0

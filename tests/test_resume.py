@@ -11,19 +11,19 @@ import torch
 
 import train
 from helpers import TINY, assert_same_weights, metrics, weights
-from lm import faults
+from lm import faults, training, trainrun
 
 
 def record_saves(monkeypatch):
-    """Each mid-epoch last.pt that train.Run.save writes from now on, as (epoch, batches)."""
-    saves, real_save = [], train.Run.save
+    """Each mid-epoch last.pt that trainrun.Run.save writes from now on, as (epoch, batches)."""
+    saves, real_save = [], trainrun.Run.save
 
     def save(run, name):
         if name == "last.pt" and run.state.batches > 0:
             saves.append((run.state.epoch, run.state.batches))
         real_save(run, name)
 
-    monkeypatch.setattr(train.Run, "save", save)
+    monkeypatch.setattr(trainrun.Run, "save", save)
     return saves
 
 
@@ -31,14 +31,15 @@ def test_checkpoint_every_writes_last_pt_when_its_minutes_have_passed(corpus_dir
     """A fake clock that moves 20 s per training step: with --checkpoint-every 1 (minute) a
     mid-epoch last.pt follows batches 3 and 6, and none follows without the flag."""
     clock = [0.0]
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: clock[0]))
-    real_step = train.train_step
+    for module in (train, trainrun):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    real_step = training.train_step
 
     def step(*args, **kw):
         clock[0] += 20.0
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(training, "train_step", step)
     saves = record_saves(monkeypatch)
     common = ["--data", str(corpus_dir), *TINY, "--epochs", "1", "--max-batches", "7"]
     assert train.main([*common, "--checkpoint-every", "1", "--save", str(tmp_path / "every")]) == 0

@@ -14,7 +14,7 @@ import evaluate
 import train
 from data import batchify, load_corpus
 from helpers import AWD_TINY, ROOT, TINY, assert_same_weights, metrics, weights
-from lm import checkpoint, config, scoring
+from lm import checkpoint, config, scoring, training, trainrun
 
 
 def test_checkpoint_round_trip_gives_identical_perplexity(trained_run):
@@ -63,7 +63,7 @@ def test_adam_runs_fused_and_resumes_fused_from_a_run_saved_without_it(corpus_di
     cfg, ckpt, mode = config.resolve_config(["--resume", str(run), "--epochs", "2"])
     assert [g["fused"] for g in ckpt["optimizer"]["param_groups"]] == [True]
     ckpt["optimizer"]["param_groups"][0]["fused"] = None  # as saved before the optimizer was fused
-    assert [g["fused"] for g in train.Run(cfg, ckpt, mode).optimizer.param_groups] == [True]
+    assert [g["fused"] for g in trainrun.Run(cfg, ckpt, mode).optimizer.param_groups] == [True]
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(corpus_dir, tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(corpus_dir, tmp_pat
     common = ["--data", str(corpus_dir), *TINY, "--dropout", "0.3", "--epochs", "2"]
     assert train.main([*common, "--save", str(straight)]) == 0
 
-    real_step, calls = train.train_step, []
+    real_step, calls = training.train_step, []
 
     def step_then_ctrl_c(*args):
         calls.append(1)
@@ -79,12 +79,12 @@ def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(corpus_dir, tmp_pat
             signal.raise_signal(signal.SIGINT)
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(training, "train_step", step_then_ctrl_c)
     assert train.main([*common, "--save", str(stopped)]) == 130
     saved = torch.load(stopped / "last.pt", weights_only=True)
     assert saved["state"]["epoch"] == 0 and saved["state"]["batches"] == 7
     assert saved["hidden"] is not None
-    monkeypatch.setattr(train, "train_step", real_step)
+    monkeypatch.setattr(training, "train_step", real_step)
     assert train.main(["--resume", str(stopped)]) == 0
     assert metrics(stopped) == metrics(straight)
     assert_same_weights(weights(stopped), weights(straight))
@@ -121,13 +121,13 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
 
 
 def test_a_nan_loss_stops_the_run_with_advice(corpus_dir, tmp_path, monkeypatch, capsys):
-    real_step = train.train_step
+    real_step = training.train_step
 
     def nan_step(*args, **kw):
         step = real_step(*args, **kw)
         return step._replace(ce=step.ce * float("nan"))
 
-    monkeypatch.setattr(train, "train_step", nan_step)
+    monkeypatch.setattr(training, "train_step", nan_step)
     assert train.main(["--data", str(corpus_dir), "--save", str(tmp_path / "run"), "--epochs", "1", *TINY]) == 2
     assert "training loss is nan" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import model as model_module
 import train
 from data import batchify, load_corpus
 from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, step_by_step, weights
-from lm import config
+from lm import config, training, trainrun
 from lm.checkpoint import load_checkpoint
 from lm.optim import sample_seq_len, scheduled_lr
 from lm.scoring import Scores, evaluate
@@ -56,8 +56,8 @@ def test_train_step_minimizes_ce_plus_ar_on_dropped_plus_tar_on_raw():
     x, y = batch()
     expected = reference_objective(copy_of(net).train(), x, y, net.init_hidden(4), 2.0, 1.5, seed=5)
     torch.manual_seed(5)
-    opt = train.make_optimizer(net, STEP_CFG)
-    step = train.train_step(net, x, y, net.init_hidden(4), opt, STEP_CFG)
+    opt = training.make_optimizer(net, STEP_CFG)
+    step = training.train_step(net, x, y, net.init_hidden(4), opt, STEP_CFG)
     assert step.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert step.ce.item() < step.loss.item()
 
@@ -75,7 +75,7 @@ def test_one_update_is_clipped_sgd_with_weight_decay_at_the_scaled_lr():
     scale = STEP_CFG["clip"] / norm
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     torch.manual_seed(5)
-    train.train_step(net, x, y, net.init_hidden(4), train.make_optimizer(net, STEP_CFG), STEP_CFG, lr_factor=0.5)
+    training.train_step(net, x, y, net.init_hidden(4), training.make_optimizer(net, STEP_CFG), STEP_CFG, lr_factor=0.5)
     for name, p in net.named_parameters():
         update = grads[name] * scale + STEP_CFG["wdecay"] * before[name]
         torch.testing.assert_close(p.detach(), before[name] - 3.0 * 0.5 * update, rtol=1e-5, atol=1e-6)
@@ -84,7 +84,7 @@ def test_one_update_is_clipped_sgd_with_weight_decay_at_the_scaled_lr():
 @pytest.mark.parametrize("optimizer", ["sgd", "nt-asgd", "adam", "adamw"])
 def test_every_optimizer_gets_the_weight_decay(optimizer):
     cfg = {**STEP_CFG, "optimizer": optimizer}
-    assert all(g["weight_decay"] == 0.01 for g in train.make_optimizer(awd(), cfg).param_groups)
+    assert all(g["weight_decay"] == 0.01 for g in training.make_optimizer(awd(), cfg).param_groups)
 
 
 def test_decoder_bias_starts_at_zero():
@@ -157,7 +157,7 @@ def test_locked_dropout_scales_in_fp32_for_bf16_inputs():
 def awd_run(corpus_dir, tmp_path, *flags):
     cfg, _, _ = config.resolve_config(["--data", str(corpus_dir), "--save", str(tmp_path / "run"),
                                        *AWD_TINY, *flags])
-    return train.Run(cfg)
+    return trainrun.Run(cfg)
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def expected_lengths(seed, bptt, rows):
 def test_an_epoch_walks_the_data_in_order_with_the_drawn_lengths(corpus_dir, tmp_path, recorded):
     run = awd_run(corpus_dir, tmp_path)
     calls = recorded(run)
-    train.train_epoch(run, lambda: False)
+    training.train_epoch(run, lambda: False)
     source = run.train_data
     assert [c["x"].size(0) for c in calls] == expected_lengths(run.cfg["seed"], 10, source.size(0) - 1)
     assert len(set(c["x"].size(0) for c in calls)) > 2  # the lengths do vary
@@ -207,7 +207,7 @@ def test_an_epoch_walks_the_data_in_order_with_the_drawn_lengths(corpus_dir, tmp
 def test_each_step_scales_the_lr_by_its_length_over_bptt(corpus_dir, tmp_path, recorded):
     run = awd_run(corpus_dir, tmp_path)
     calls = recorded(run)
-    train.train_epoch(run, lambda: False)
+    training.train_epoch(run, lambda: False)
     assert [c["lr"] for c in calls] == pytest.approx([10.0 * c["x"].size(0) / 10 for c in calls])
     assert run.optimizer.param_groups[0]["lr"] == 10.0  # restored after every step
 
@@ -215,7 +215,7 @@ def test_each_step_scales_the_lr_by_its_length_over_bptt(corpus_dir, tmp_path, r
 def test_the_state_carries_detached_from_each_batch_to_the_next(corpus_dir, tmp_path, recorded):
     run = awd_run(corpus_dir, tmp_path)
     calls = recorded(run)
-    train.train_epoch(run, lambda: False)
+    training.train_epoch(run, lambda: False)
     assert all(torch.count_nonzero(h) == 0 for layer in calls[0]["in"] for h in layer)  # a zero start
     for before, after in zip(calls, calls[1:], strict=False):
         assert not any(after["grad"])
@@ -229,8 +229,8 @@ def test_cosine_progress_counts_the_batches_actually_run(corpus_dir, tmp_path, r
                   "--max-batches", "3", "--epochs", "2", "--no-variable-bptt")
     calls = recorded(run)
     for epoch in range(2):
-        run.state = train.TrainState(lr=run.cfg["lr"], epoch=epoch)
-        train.train_epoch(run, lambda: False)
+        run.state = training.TrainState(lr=run.cfg["lr"], epoch=epoch)
+        training.train_epoch(run, lambda: False)
     expected = [scheduled_lr("cosine", 10.0, (e + k / 3) / 2, 0.1) for e in range(2) for k in range(3)]
     assert [c["lr"] for c in calls] == pytest.approx(expected)
 
@@ -255,6 +255,15 @@ def test_a_bf16_run_validates_in_fp32(corpus_dir, tmp_path):
     assert metrics(run)[0]["val_loss"] == evaluate(net, val, "fp32").loss
 
 
+def test_validation_scores_in_val_dtype_whatever_the_training_dtype(corpus_dir, tmp_path, monkeypatch):
+    """The wiring of the test above on any CPU: a bf16 run's validation pass is asked for fp32."""
+    run = awd_run(corpus_dir, tmp_path)
+    run.cfg = {**run.cfg, "dtype": "bf16", "val_dtype": "fp32"}
+    asked = []
+    monkeypatch.setattr(trainrun, "evaluate", lambda net, source, dtype: asked.append(dtype) or Scores(1.0, 0.5))
+    assert run.validate().loss == 1.0 and asked == ["fp32"]
+
+
 # --- fine-tuning -----------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -268,7 +277,7 @@ def scripted_validation(monkeypatch):
             seen.append({n: t.detach().clone() for n, t in net.state_dict().items()})
             return Scores(queue.pop(0), 0.5)
 
-        monkeypatch.setattr(train, "evaluate", fake)
+        monkeypatch.setattr(trainrun, "evaluate", fake)
         return seen
     return script
 
@@ -292,9 +301,9 @@ def test_fine_tuning_starts_from_model_pt_and_must_beat_its_start(corpus_dir, tm
 
 def test_fine_tuning_keeps_the_runs_sgd_lr_unless_given():
     sgd = {"optimizer": "nt-asgd", "lr": 7.0}
-    assert config.finetune_config({}, {**config.DEFAULTS, **sgd}, "r")["lr"] == 7.0
-    assert config.finetune_config({"lr": 2.0}, {**config.DEFAULTS, **sgd}, "r")["lr"] == 2.0
-    adam = {**config.DEFAULTS, "optimizer": "adam", "lr": 3e-3}
+    assert config.finetune_config({}, {**config.DEFAULTS["plain"], **sgd}, "r")["lr"] == 7.0
+    assert config.finetune_config({"lr": 2.0}, {**config.DEFAULTS["plain"], **sgd}, "r")["lr"] == 2.0
+    adam = {**config.DEFAULTS["plain"], "optimizer": "adam", "lr": 3e-3}
     assert config.finetune_config({}, adam, "r")["lr"] == config.DEFAULT_LR["nt-asgd"]
 
 

@@ -1,0 +1,41 @@
+"""FLOP counts of the word-level models' matmuls, for bench.py's achieved FLOP/s and its bounds:
+FLOPs per token of the forward, the shapes of one training step's matmuls, and the training
+FLOP/s that those shapes allow at given speeds."""
+
+
+def flops_per_token(sizes, decoder_in, vocab_size):
+    """Forward matmul FLOPs per token: the LSTM layers' gates (2 * 4h * (i + h) each) and the
+    decoder (2 * d * vocab). Elementwise work and the embedding lookup are not counted."""
+    return sum(8 * h * (i + h) for i, h in sizes) + 2 * decoder_in * vocab_size
+
+
+def gemm_shapes(cfg, sizes, decoder_in, vocab_size):
+    """name -> ((m, k, n), rows) of the matmuls of one training step, forward and backward, with
+    their operands as stored: each layer's input projection over the batch with its input and
+    weight gradients, its recurrent step with the step's state gradient and the recurrent weight's
+    gradient (one matmul over all steps, as our recurrence computes it), and the decoder's logits
+    with both gradients. `rows` is the dimension that counts tokens (all of the batch's, or one
+    step's batch), so that 2 m k n / rows is the shape's FLOPs per token."""
+    tokens, batch = cfg["batch_size"] * cfg["bptt"], cfg["batch_size"]
+    shapes = {}
+    for layer, (i, h) in enumerate(sizes):
+        g = 4 * h
+        for what, mkn, rows in (("input", (tokens, i, g), tokens), ("input's gradient", (tokens, g, i), tokens),
+                                ("input weight's gradient", (g, tokens, i), tokens), ("step", (batch, h, g), batch),
+                                ("step's gradient", (batch, g, h), batch),
+                                ("recurrent weight's gradient", (g, tokens, h), tokens)):
+            shapes[f"layer {layer} {what} ({'x'.join(map(str, mkn))})"] = (mkn, rows)
+    d, v = decoder_in, vocab_size
+    for what, mkn in (("logits", (tokens, d, v)), ("input's gradient", (tokens, v, d)),
+                      ("weight's gradient", (d, tokens, v))):
+        shapes[f"decoder {what} ({'x'.join(map(str, mkn))})"] = (mkn, tokens)
+    return shapes
+
+
+def shape_bound(shapes, gflops):
+    """The training FLOP/s that the model's own matmuls allow at their measured speeds (gflops, by
+    name) if nothing else took any time: training FLOPs per token over the sum of each shape's
+    FLOPs per token divided by its speed."""
+    per_token = {name: 2 * m * k * n / rows for name, ((m, k, n), rows) in shapes.items()}
+    seconds = sum(flops / (gflops[name] * 1e9) for name, flops in per_token.items())
+    return sum(per_token.values()) / seconds
