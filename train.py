@@ -41,8 +41,10 @@ from lm.checkpoint import (
     write_metrics,
 )
 from lm.config import ConfigError, model_config, resolve_config
+from lm.decoder import Workspace
 from lm.distributed import ONE_PROCESS, DistributedError
-from lm.kernels import Workspace, autocast, keep_freed_memory
+from lm.head import detach_hidden, map_hidden
+from lm.memory import keep_freed_memory
 from lm.optim import (
     NO_SCALING,
     PROGRESS_SCHEDULES,
@@ -54,14 +56,13 @@ from lm.optim import (
     scheduled_lr,
 )
 from lm.plots import PlotError, plot_runs
+from lm.precision import autocast
 from lm.runlock import RunLock
 from lm.scoring import Scores, evaluate
 from model import (
     activation_regularization,
     build_model,
     config_from_dict,
-    detach_hidden,
-    map_hidden,
     temporal_activation_regularization,
 )
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from lm import cli
-from lm.kernels import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
+from lm.precision import DTYPES, autocast
+from lm.recurrence import OWN_MIN_STEP_WORK, fused_lstm, lstm_sequence
 
 # (name, steps, batch, input, hidden)
 SHAPES = [

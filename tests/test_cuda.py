@@ -20,7 +20,7 @@ import evaluate
 import generate
 import train
 from helpers import AWD_TINY, TINY, assert_same_weights, metrics, train_once, weights, write_corpus
-from lm.kernels import bf16_is_fast
+from lm.precision import bf16_is_fast
 
 pytestmark = pytest.mark.cuda
 
