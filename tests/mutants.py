@@ -111,7 +111,7 @@ MUTANTS = {
                                         "n, c, _ = _segment(model, adaptation, x, y,"),
     "dyneval-scores-after-the-update": ("lm/dyneval.py", "    adaptation.step(segment.grads)\n",
                                         "    adaptation.step(segment.grads)\n"
-                                        "    scored = model.score(x, y, hidden)[:2]\n"),
+                                        "    scored = scored if cache else model.score(x, y, hidden)[:2]\n"),
     "dyneval-tied-rows-left-out-of-the-step": ("lm/decoder.py", "grad.add_rows(tokens.reshape(-1), grad_out.reshape",
                                                "(tokens.reshape(-1), grad_out.reshape"),
     "dyneval-ms-without-sqrt": ("lm/dyneval.py", "(s / len(starts)).sqrt_()", "(s / len(starts))"),
