@@ -35,12 +35,16 @@ from torch import nn
 from data import DataError, batchify, get_batch, load_corpus
 from lm import cli
 from lm.config import base_defaults, model_config, resolve_config
+from lm.decoder import Workspace
 from lm.flops import flops_per_token, gemm_shapes, shape_bound
-from lm.kernels import DTYPES, HALF, LSTM_KERNELS, Workspace, keep_freed_memory
+from lm.head import LanguageModel, LMOutput
+from lm.memory import keep_freed_memory
 from lm.optim import LossScaler
+from lm.precision import DTYPES, HALF
+from lm.recurrence import LSTM_KERNELS
 from lm.scoring import eval_window, score_batch
 from lm.training import train_step
-from model import LanguageModel, LMOutput, build_model
+from model import build_model
 
 WT2_VOCAB = 33_278
 CONFIGS = {

@@ -12,30 +12,19 @@ With --cache, the same pass also reports the scores without the cache's mixture 
 --dynamic-eval: dynamic evaluation alone), since the model's predictions do not depend on it.
 """
 import argparse
-import contextlib
 import json
 import sys
 import time
-from dataclasses import asdict
 from typing import NamedTuple
 
 import torch
 
-from data import DataError, batchify, corpus_name, load_corpus
-from lm import cli
-from lm.cache import CACHE_DEFAULTS, PointerCache, check_settings
-from lm.checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model
-from lm.dyneval import (
-    DYNAMIC_DEFAULTS,
-    STAT_BATCH_SIZE,
-    DynamicSettings,
-    PassFile,
-    dynamic_evaluate,
-    pass_key,
-    statistics,
-)
-from lm.dyneval import check_settings as check_dynamic
-from lm.kernels import DTYPES, check_dtype
+from data import DataError, batchify, load_corpus
+from lm import cli, dyneval
+from lm.cache import CACHE_DEFAULTS, PointerCache, cache_evaluate, make_cache
+from lm.checkpoint import check_vocab, checkpoint_level, load_model
+from lm.dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings
+from lm.precision import DTYPES, check_dtype
 from lm.scoring import EVAL_TOKENS, Scores, eval_window, evaluate
 
 
@@ -61,6 +50,12 @@ def get_parser():
                         "rounded, so the loss can differ in the 3rd-4th digit); fp16 is for CUDA GPUs and not "
                         "for --dynamic-eval, whose gradients it would flush to zero (default: fp32)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the numbers to FILE as JSON")
+    add_cache_flags(p)
+    add_dynamic_flags(p)
+    return p
+
+
+def add_cache_flags(p):
     known = "; ".join(f"{name}: window {c.window}, theta {c.theta}, lambda {c.lam}"
                       for name, c in CACHE_DEFAULTS.items())
     g = p.add_argument_group("continuous cache pointer (Grave et al. 2017)")
@@ -76,6 +71,9 @@ def get_parser():
     g.add_argument("--cache-original-gaps", action="store_true",
                    help="leave out the cache where the original pointer.py does: the first window targets "
                         "of the split and the first target of each of its evaluation chunks")
+
+
+def add_dynamic_flags(p):
     d = DYNAMIC_DEFAULTS
     g = p.add_argument_group("dynamic evaluation (Krause et al. 2018, RMS with decay to the trained weights)")
     g.add_argument("--dynamic-eval", action="store_true",
@@ -105,43 +103,22 @@ def get_parser():
                         "and FILE is deleted when the pass is done (default: none; a stopped pass is lost)")
     g.add_argument("--dyn-checkpoint-every", metavar="MINUTES", type=float, default=10.0,
                    help="minutes between saves to --dyn-checkpoint; 0 saves after every segment (default: 10)")
-    return p
 
 
-def make_dynamic(args, data):
-    """The DynamicSettings that the flags ask for, or None; settings not given come from the
-    corpus's entry in DYNAMIC_DEFAULTS (PTB's, the published code's defaults, for other corpora)."""
+def make_methods(args, data):
+    """The PointerCache and the DynamicSettings that the flags ask for, each None when not asked
+    for; settings not given come from the corpus's published ones."""
+    cache = make_cache(data, args.cache_window, args.cache_theta, args.cache_lambda,
+                       args.cache_original_gaps) if args.cache else None
     if not args.dynamic_eval:
         if args.dyn_checkpoint:
-            raise DataError("--dyn-checkpoint applies to --dynamic-eval only")
-        return None
-    known = DYNAMIC_DEFAULTS.get(corpus_name(data), DYNAMIC_DEFAULTS["ptb"])
-    given = {"lr": args.dyn_lr, "lam": args.dyn_lambda, "epsilon": args.dyn_epsilon}
-    settings = DynamicSettings(**{k: getattr(known, k) if v is None else v for k, v in given.items()},
-                               bptt=args.dyn_bptt)
-    check_dynamic(settings, args.dyn_stat_batches)
+            raise cli.UserError("--dyn-checkpoint applies to --dynamic-eval only")
+        return cache, None
+    dynamic = dyneval.make_settings(data, args.dyn_lr, args.dyn_lambda, args.dyn_epsilon, args.dyn_bptt,
+                                    args.dyn_stat_batches)
     if args.dyn_checkpoint_every < 0:
-        raise DataError(f"--dyn-checkpoint-every must not be negative, got {args.dyn_checkpoint_every:g}")
-    return settings
-
-
-def make_cache(args, data):
-    """The PointerCache that the flags ask for, or None; settings not given come from the
-    corpus's entry in CACHE_DEFAULTS."""
-    if not args.cache:
-        return None
-    known = CACHE_DEFAULTS.get(corpus_name(data))
-    given = (args.cache_window, args.cache_theta, args.cache_lambda)
-    if known is None and None in given:
-        raise DataError(f"no cache defaults for {data} (known: {', '.join(CACHE_DEFAULTS)}); give "
-                        "--cache-window, --cache-theta and --cache-lambda")
-    defaults = (known.window, known.theta, known.lam) if known else given
-    window, theta, lam = (v if v is not None else d for v, d in zip(given, defaults, strict=True))
-    check_settings(window, theta, lam)
-    if args.cache_original_gaps and (known is None or known.chunk is None):
-        raise DataError(f"--cache-original-gaps needs the original evaluation chunk, known for "
-                        f"{', '.join(CACHE_DEFAULTS)} only")
-    return PointerCache(window, theta, lam, known.chunk if args.cache_original_gaps else None)
+        raise cli.UserError(f"--dyn-checkpoint-every must not be negative, got {args.dyn_checkpoint_every:g}")
+    return cache, dynamic
 
 
 class Job(NamedTuple):
@@ -156,31 +133,36 @@ class Job(NamedTuple):
     stats_source: torch.Tensor = None  # the training data for dynamic evaluation's statistics
 
 
-def prepare(args):
-    """Load and check everything main() needs, with one-line errors (DataError, CheckpointError)."""
-    device = args.device or cli.default_device()
+def check_flags(args, device):
+    """Refuse counts, output paths, the device and the dtype that cannot work, before any loading."""
     counts = {"--dyn-bptt": args.dyn_bptt, "--dyn-stat-batches": args.dyn_stat_batches,
               "--cache-window": args.cache_window}
     for flag, value in counts.items():
         if value is not None and value < 1:  # refused with or without --dynamic-eval or --cache
-            raise DataError(f"{flag} must be at least 1, got {value}")
+            raise cli.UserError(f"{flag} must be at least 1, got {value}")
     outputs = {"--json": args.json, "--dyn-stats": args.dyn_stats, "--dyn-checkpoint": args.dyn_checkpoint}
     for flag, path in outputs.items():
         cli.check_file(path, flag)  # checked before the scoring whose result goes there
     cli.check_device(device)
     check_dtype(device, args.dtype, unscaled_backward=args.dynamic_eval)
+
+
+def prepare(args):
+    """Load and check everything main() needs, with one-line errors (cli.UserError)."""
+    device = args.device or cli.default_device()
+    check_flags(args, device)
     model, ckpt = load_model(args.run, device)
     level, data = checkpoint_level(ckpt), args.data or ckpt["data"]
     corpus = load_corpus(data, level)
     check_vocab(corpus, ckpt)
-    cache, dynamic = make_cache(args, data), make_dynamic(args, data)
+    cache, dynamic = make_methods(args, data)
     if dynamic and args.window is not None:
-        raise DataError("--window does not apply to --dynamic-eval, whose windows are --dyn-bptt tokens")
+        raise cli.UserError("--window does not apply to --dynamic-eval, whose windows are --dyn-bptt tokens")
     batch_size = args.batch_size
     if batch_size is None:
         batch_size = 10 if args.split in ("valid", "train") and not (cache or dynamic) else 1
     if batch_size < 1 or (args.window is not None and args.window < 1):
-        raise DataError("--batch-size and --window must be positive")
+        raise cli.UserError("--batch-size and --window must be positive")
     window = dynamic.bptt if dynamic else args.window if args.window is not None else eval_window(batch_size)
     stats_source = None
     if dynamic:
@@ -193,55 +175,14 @@ def prepare(args):
     return Job(model, ckpt, level, source, window, cache, dynamic, stats_source)
 
 
-def run_dynamic(args, job, extra):
-    """Dynamic evaluation for main(): (Scores, or None when stopped and kept; the PassFile or
-    None). Its settings go into extra["dynamic_eval"]."""
-    t0 = time.time()
-    keep = None
-    if args.dyn_checkpoint:
-        key = pass_key(job.model, job.source, job.dynamic, args.dtype, job.cache, job.stats_source,
-                       args.dyn_stat_batches)
-        keep = PassFile(args.dyn_checkpoint, args.dyn_checkpoint_every, key)
-    ms = statistics(job.model, job.stats_source, job.dynamic.bptt, args.dyn_stat_batches, args.dtype,
-                    progress=True, path=args.dyn_stats)
-    extra["dynamic_eval"] = {**asdict(job.dynamic), "stat_batches": args.dyn_stat_batches,
-                             "stat_seconds": round(time.time() - t0, 2), "stats_file": args.dyn_stats,
-                             "continued_from_segment": keep.saved["segment"] if keep and keep.saved else None}
-    with cli.StopOnInterrupt("segment") if keep else contextlib.nullcontext() as stop:
-        scores = dynamic_evaluate(job.model, job.source, ms, job.dynamic, args.dtype, progress=True, cache=job.cache,
-                                  keep=keep, stop=lambda: stop is not None and stop.requested)
-    return (None if scores is None else Scores(*scores)), keep
-
-
-@cli.user_errors
-def main(argv=None):
-    args = get_parser().parse_args(argv)
-    try:
-        job = prepare(args)
-    except (CheckpointError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    t0 = time.time()
-    extra, keep = {}, None
-    if job.dynamic:
-        try:
-            scores, keep = run_dynamic(args, job, extra)
-        except (CheckpointError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if scores is None:
-            print(f"stopped; the pass is kept in {keep.path}: run the same command to continue it", file=sys.stderr)
-            return 130
-    else:
-        scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True, cache=job.cache)
-    seconds = time.time() - t0 + (keep.earlier_seconds if keep else 0.0)
+def report(args, job, scores, seconds, extra):
+    """Print the result line (and the cache's model-alone line) and write --json."""
     tokens, batch_size = (job.source.size(0) - 1) * job.source.size(1), job.source.size(1)
     alone = None
     if job.cache:
-        extra["cache"] = {"window": job.cache.window, "theta": job.cache.theta, "lambda": job.cache.lam,
-                          "original_gaps": job.cache.gaps}
+        extra["cache"] = job.cache.settings()
         # The same pass without the cache's mixture (with dynamic evaluation: dynamic evaluation alone).
-        alone = Scores(job.cache.model_nats.item() / tokens, job.cache.model_correct.item() / tokens)
+        alone = Scores.of(job.cache.model_nats, job.cache.model_correct, job.source)
         extra["without_cache"] = {"loss": alone.loss, "ppl": alone.ppl, "accuracy": alone.accuracy}
     result = {"run": str(args.run), "split": args.split, "level": job.level, "loss": scores.loss,
               "ppl": scores.ppl, "accuracy": scores.accuracy, "tokens": tokens, "batch_size": batch_size,
@@ -262,8 +203,28 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
+
+
+@cli.user_errors
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    job = prepare(args)
+    t0, extra, keep = time.time(), {}, None
+    if job.dynamic:
+        scores, extra["dynamic_eval"], keep = dyneval.run(
+            job.model, job.source, job.dynamic, job.stats_source, args.dtype, stat_batches=args.dyn_stat_batches,
+            stats_path=args.dyn_stats, checkpoint=args.dyn_checkpoint, every_minutes=args.dyn_checkpoint_every,
+            cache=job.cache, progress=True)
+        if scores is None:
+            print(f"stopped; the pass is kept in {keep.path}: run the same command to continue it", file=sys.stderr)
+            return 130
+    elif job.cache:
+        scores = cache_evaluate(job.model, job.source, job.cache, args.dtype, job.window, progress=True)
+    else:
+        scores = evaluate(job.model, job.source, args.dtype, job.window, progress=True)
+    report(args, job, scores, time.time() - t0 + (keep.earlier_seconds if keep else 0.0), extra)
     if keep:
-        keep.finish()
+        keep.finish()  # the result is out: the kept pass is no longer needed
     return 0
 
 

@@ -8,42 +8,25 @@ AWDLSTM is the model of Merity, Keskar & Socher (2017), "Regularizing and Optimi
 Language Models" (section numbers below refer to it): embedding dropout -> locked dropout ->
 weight-dropped LSTM layers with locked dropout between them -> locked dropout -> tied decoder.
 
-Both finish their own forward pass: `loss` gives the training cross-entropy and `score` the
-evaluation numbers, through the chunked decoder of kernels.py, and both return the last layer's
-output before and after its dropout (`raw`, `dropped`) for the AR/TAR penalties of train.py.
+Both run the network up to the decoder (`features`, which also returns the last layer's output
+before and after its dropout for AR/TAR) and leave the rest to lm/head.py's LanguageModel.
 Each regularizer (LockedDropout, embedding_dropout, WeightDropLSTM, AR, TAR) names its paper
 section, its mask shape and what it does in eval mode.
 """
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm.kernels import (
-    LSTM_KERNELS,
-    SCORE_ROWS,
-    TiedGradient,
-    compute_dtype,
-    fused_lstm,
-    linear_cross_entropy,
-    linear_scores,
-    lstm_sequence,
-    own_recurrence_is_faster,
-    tied_embedding,
-)
+from lm.decoder import tied_embedding
+from lm.head import LanguageModel, LMOutput
+from lm.precision import compute_dtype
+from lm.recurrence import check_lstm_kernel, fused_lstm, lstm_layers, lstm_sequence, own_recurrence_is_faster
 
 RNN_TYPES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 MODEL_TYPES = (*RNN_TYPES, "awd-lstm")
-
-
-class LMOutput(NamedTuple):
-    logits: torch.Tensor  # (seq_len, batch, vocab); None from features(), which stops before the decoder
-    hidden: object  # recurrent state to pass to the next call
-    raw: torch.Tensor  # last layer's output, (seq_len, batch, features), before output dropout
-    dropped: torch.Tensor  # the same after output dropout (what the decoder sees)
 
 
 def _check_common(cfg):
@@ -154,7 +137,7 @@ class LockedDropout(nn.Module):
 
 def embed(tokens, weight, tied=None):
     """weight[tokens]; with the TiedGradient of a pass whose decoder shares weight, the lookup's
-    gradient is added into the decoder's in place (kernels.tied_embedding)."""
+    gradient is added into the decoder's in place (decoder.tied_embedding)."""
     return F.embedding(tokens, weight) if tied is None else tied_embedding(tokens, weight, tied)
 
 
@@ -171,12 +154,6 @@ def embedding_dropout(weight, tokens, p, training, tied=None):
     if not training or p == 0:
         return emb
     return emb * dropout_mask((weight.size(0), 1), p, weight.device)[tokens]
-
-
-def check_lstm_kernel(kernel):
-    """ValueError unless kernel is one of LSTM_KERNELS."""
-    if kernel not in LSTM_KERNELS:
-        raise ValueError(f"unknown LSTM kernel {kernel!r}: choose one of {', '.join(LSTM_KERNELS)}")
 
 
 class WeightDropLSTM(nn.Module):
@@ -229,71 +206,6 @@ class WeightDropLSTM(nn.Module):
         return f"{self.input_size}, {self.hidden_size}, weight_drop={self.weight_drop}, kernel={self.kernel}"
 
 
-class LanguageModel(nn.Module):
-    """The end of the forward pass, shared by both models: a subclass's features() runs the
-    network up to the decoder's input; forward, loss and score finish it."""
-
-    def lstm_kernel(self, kernel):
-        """A context in which the LSTM layers run in `kernel` (see WeightDropLSTM); here, where
-        there are none, nothing changes."""
-        return nullcontext()
-
-    def forward(self, tokens, hidden, targets=None, workspace=None):
-        """tokens (seq_len, batch) -> LMOutput with the logits (seq_len, batch, vocab); with
-        targets (seq_len, batch), loss()'s (mean cross-entropy, LMOutput) instead. Training calls
-        it that way, so that DistributedDataParallel, which hooks forward, sees the pass."""
-        if targets is not None:
-            return self.loss(tokens, targets, hidden, workspace)
-        out = self.features(tokens, hidden)
-        return out._replace(logits=self.decoder(out.dropped))
-
-    def _tied_gradient(self):
-        """A TiedGradient for one pass when the decoder shares the embedding's weight, else None;
-        a features() that ignores it leaves the decoder to return the weight's gradient itself."""
-        return TiedGradient() if self.decoder.weight is self.encoder.weight else None
-
-    def loss(self, tokens, targets, hidden, workspace=None):
-        """(mean cross-entropy of targets (seq_len, batch), LMOutput without logits), through the
-        chunked decoder: the (tokens, vocab) logits never exist whole. A Workspace kept by the
-        caller saves re-allocating its scratch memory."""
-        tied = self._tied_gradient()
-        out = self.features(tokens, hidden, tied)
-        ce = linear_cross_entropy(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
-                                  targets.reshape(-1), workspace=workspace, tied=tied)
-        return ce, out
-
-    def scored_loss(self, tokens, targets, hidden, workspace=None, cache=None):
-        """(mean cross-entropy with gradients, summed nats, correct predictions, LMOutput) of one
-        window: the loss that dynamic evaluation descends, and its score counted as score()
-        counts it, with the cache's mixture when given (the loss stays the model's own)."""
-        tied = self._tied_gradient()
-        out = self.features(tokens, hidden, tied)
-        mix, rows = self._mixer(out, targets, cache)
-        ce, nats, correct = linear_cross_entropy(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
-                                                 targets.reshape(-1), rows, workspace, True, tied, mix)
-        return ce, nats, correct, out
-
-    @staticmethod
-    def _mixer(out, targets, cache):
-        """(mix for the decoder's scoring, rows per chunk): the cache scores whole time steps, so
-        with one the chunks hold a multiple of the batch; its memory then takes in the window."""
-        if cache is None:
-            return None, SCORE_ROWS
-        batch = targets.size(1)
-        return cache.mixer(out.raw.detach(), targets), max(1, SCORE_ROWS // batch) * batch
-
-    @torch.no_grad()
-    def score(self, tokens, targets, hidden, workspace=None, cache=None):
-        """(summed nats, correct argmax predictions, new hidden state) of one window, without
-        gradients; the sums are float64 scalars on the device (no host sync). With a
-        cache.PointerCache, the predictions are its mixture, and the window joins its memory."""
-        out = self.features(tokens, hidden)
-        mix, rows = self._mixer(out, targets, cache)
-        nats, correct = linear_scores(out.dropped.flatten(0, 1), self.decoder.weight, self.decoder.bias,
-                                      targets.reshape(-1), rows, workspace, mix)
-        return nats, correct, out.hidden
-
-
 class AWDLSTM(LanguageModel):
     """AWD-LSTM: embedding (+ embedding dropout) -> locked dropout -> weight-dropped LSTM layers
     with locked dropout between them -> locked dropout -> decoder tied to the embedding."""
@@ -317,7 +229,7 @@ class AWDLSTM(LanguageModel):
 
     def features(self, tokens, hidden, tied=None):
         """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size); tied: see
-        LanguageModel._tied_gradient. The masks are drawn in this order: embedding, input, then
+        head.LanguageModel._tied_gradient. The masks are drawn in this order: embedding, input, then
         per layer its weight drop and, between layers, the hidden dropout, and last the output
         dropout."""
         x = embedding_dropout(self.encoder.weight, tokens, self.cfg.dropout_embedding, self.training, tied)
@@ -368,15 +280,15 @@ class RNNModel(LanguageModel):
         self.decoder = nn.Linear(cfg.nhid, cfg.vocab_size)
         if cfg.tied:
             self.decoder.weight = self.encoder.weight
-        self.own_kernel = False  # the LSTM's layers in kernels.lstm_sequence instead of nn.LSTM's
+        self.own_kernel = False  # the LSTM's layers in recurrence.lstm_sequence instead of nn.LSTM's
         self.init_weights()
 
     @contextmanager
     def lstm_kernel(self, kernel):
-        """An LSTM's layers run in our recurrence (kernels.lstm_sequence) for the body when kernel
+        """An LSTM's layers run in our recurrence (recurrence.lstm_layers) for the body when kernel
         is "own", else in nn.LSTM (oneDNN on CPU, cuDNN on CUDA), as they always do outside such a
-        body. Dynamic evaluation asks for "own", the faster at batch 1 with gradients
-        (results/eval-methods/SPEED.md). A GRU or vanilla RNN has one kernel."""
+        body. Dynamic evaluation asks for "own", measured the faster at batch 1 with gradients
+        (docs/speed.md). A GRU or vanilla RNN has one kernel."""
         check_lstm_kernel(kernel)
         saved = self.own_kernel
         self.own_kernel = kernel == "own" and self.cfg.model == "lstm"
@@ -393,25 +305,14 @@ class RNNModel(LanguageModel):
 
     def features(self, tokens, hidden, tied=None):
         """tokens (seq_len, batch); hidden as init_hidden makes it; tied: see
-        LanguageModel._tied_gradient."""
+        head.LanguageModel._tied_gradient."""
         emb = self.drop(embed(tokens, self.encoder.weight, tied))  # (seq_len, batch, emsize)
-        out, hidden = (self._own_lstm if self.own_kernel else self.rnn)(emb, hidden)  # (seq_len, batch, nhid)
+        if self.own_kernel:
+            out, hidden = lstm_layers(emb, hidden, self.rnn.all_weights, self.rnn.dropout, self.training)
+        else:
+            out, hidden = self.rnn(emb, hidden)  # (seq_len, batch, nhid)
         dropped = self.drop(out)
         return LMOutput(None, hidden, out, dropped)
-
-    def _own_lstm(self, x, hidden):
-        """What self.rnn (an nn.LSTM) computes, a layer at a time in kernels.lstm_sequence, from
-        its weights: x (seq_len, batch, emsize), hidden (h, c) each (nlayers, batch, nhid);
-        between layers, in training, nn.LSTM's dropout (its own masks, not nn.LSTM's draws)."""
-        h0, c0 = hidden
-        last = []
-        for k in range(self.cfg.nlayers):
-            if k:
-                x = F.dropout(x, self.rnn.dropout, self.training)
-            x, state = lstm_sequence(x, (h0[k:k + 1], c0[k:k + 1]), *self.rnn.all_weights[k])  # ih, hh, biases
-            last.append(state)
-        h, c = zip(*last, strict=True)
-        return x, (torch.cat(h), torch.cat(c))
 
     def init_hidden(self, batch_size):
         """Zero state: (h, c) for an LSTM, h otherwise, each (nlayers, batch, nhid)."""
@@ -450,16 +351,3 @@ def build_model(cfg, lstm_kernel="auto"):
     if lstm_kernel != "auto":
         raise ValueError(f"--lstm-kernel {lstm_kernel} applies to awd-lstm only, not to {cfg.model}")
     return RNNModel(cfg)
-
-
-def map_hidden(fn, hidden):
-    """Apply fn to every tensor of a recurrent state (a tensor, or nested tuples/lists of them)."""
-    if isinstance(hidden, torch.Tensor):
-        return fn(hidden)
-    return tuple(map_hidden(fn, h) for h in hidden)
-
-
-def detach_hidden(hidden):
-    """Cut the graph between batches (truncated BPTT) while keeping the state's values, in fp32
-    (LSTMs under bf16 autocast return bf16 states), so that a run may change --dtype."""
-    return map_hidden(lambda h: h.detach().float(), hidden)

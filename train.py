@@ -24,7 +24,7 @@ from lm import cli, distributed, faults
 from lm.checkpoint import BEST, LAST, append_metrics
 from lm.config import ConfigError, resolve_config
 from lm.distributed import ONE_PROCESS
-from lm.kernels import keep_freed_memory
+from lm.memory import keep_freed_memory
 from lm.plots import PlotError, plot_runs
 from lm.runlock import RunLock
 from lm.training import DivergedError, set_lr, train_epoch

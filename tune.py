@@ -26,45 +26,49 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import DataError, batchify, corpus_name, load_corpus
+from data import batchify, corpus_name, load_corpus
 from lm import cli
 from lm.cache import CACHE_DEFAULTS, PointerCache, cache_probability, mix
-from lm.checkpoint import CheckpointError, check_vocab, checkpoint_level, load_model, write_atomically
+from lm.checkpoint import check_vocab, checkpoint_level, load_model, write_atomically
+from lm.decoder import Workspace
 from lm.dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
-from lm.kernels import DTYPES, check_dtype
-from lm.scoring import evaluate
+from lm.precision import DTYPES, autocast, check_dtype
+from lm.scoring import evaluate, windows, zeros
 
 CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
               "lam": [0.05, 0.1, 0.1279, 0.2]}
 DYNAMIC_SCALES = [0.5, 1.0, 2.0]  # multiples of the published lr and lambda
 
 
-class Recorder:
-    """Stands in for a PointerCache in evaluate(): keeps each window's raw outputs and the
-    targets' model log-probabilities, and scores plainly."""
-
-    def __init__(self):
-        self.raw, self.targets, self.log_probs = [], [], []
-
-    def mixer(self, raw, targets):
-        self.raw.append(raw.float())
-        self.targets.append(targets)
-
-        def record(start, log_probs, t):
-            target_lp = log_probs.gather(1, t[:, None]).squeeze(1)
-            self.log_probs.append(target_lp)
-            return target_lp.sum(), (log_probs.argmax(1) == t).sum(dtype=torch.float64)
-
-        return record
+@torch.no_grad()
+def recorded_pass(model, source, dtype):
+    """One plain pass over source (rows, 1) that keeps what the cache's settings act on: (raw
+    outputs (T, 1, d) fp32, targets (T, 1), the targets' model log-probabilities (T, 1), the
+    pass's plain loss, counted as scoring.evaluate counts it)."""
+    model.eval()
+    hidden, workspace = model.init_hidden(source.size(1)), Workspace()
+    raw, targets, model_lp = [], [], []
+    nats, = zeros(source, 1)
+    for x, y in windows(source, progress=True):
+        with autocast(x.device, dtype):
+            out = model.features(x, hidden)
+            chunks = model.log_probs(out, workspace=workspace)
+        window_nats, = zeros(source, 1)
+        with torch.autocast(x.device.type, enabled=False):
+            for start, log_probs in chunks:
+                model_lp.append(log_probs.gather(1, y.reshape(-1)[start:start + log_probs.size(0), None])[:, 0])
+                window_nats -= model_lp[-1].sum()
+        raw.append(out.raw.float())
+        targets.append(y)
+        nats += window_nats
+        hidden = out.hidden
+    return torch.cat(raw), torch.cat(targets), torch.cat(model_lp)[:, None], nats.item() / (source.size(0) - 1)
 
 
 def cache_grid(model, source, grid, dtype, chunk=2048):
     """[(settings dict, val loss)] over the grid, from one recorded pass over source (rows, 1)."""
-    recorder = Recorder()
-    plain = evaluate(model, source, dtype, progress=True, cache=recorder)
-    keys, words = torch.cat(recorder.raw), torch.cat(recorder.targets)  # (T, 1, d), (T, 1)
-    model_lp = torch.cat(recorder.log_probs)[:, None]  # (T, 1)
-    rows = [({"window": 0, "theta": 0.0, "lam": 0.0}, plain.loss)]
+    keys, words, model_lp, plain_loss = recorded_pass(model, source, dtype)
+    rows = [({"window": 0, "theta": 0.0, "lam": 0.0}, plain_loss)]
     for window, theta in tqdm(list(itertools.product(grid["window"], grid["theta"])), desc="cache grid"):
         cache = PointerCache(window, theta, 1.0)
         p_cache, has_memory = [], []
@@ -166,71 +170,83 @@ def check_inputs(args):
     cli.check_file(args.dyn_stats, "--dyn-stats")
 
 
-@cli.user_errors
-def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    check_inputs(args)
-    device = args.device or cli.default_device()
-    try:
-        cli.check_device(device)
-        check_dtype(device, args.dtype, unscaled_backward=args.method == "dynamic")
-        model, ckpt = load_model(args.run, device)
-        corpus = load_corpus(ckpt["data"], checkpoint_level(ckpt))
-        check_vocab(corpus, ckpt)
-        tokens = args.tokens or (30_000 if args.method == "dynamic" else None)
-        source = batchify(corpus.valid[:tokens], 1, device)
-    except (CheckpointError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def load(args, device):
+    """(model, checkpoint, corpus, the first --tokens of valid batchified at batch 1)."""
+    cli.check_device(device)
+    check_dtype(device, args.dtype, unscaled_backward=args.method == "dynamic")
+    model, ckpt = load_model(args.run, device)
+    corpus = load_corpus(ckpt["data"], checkpoint_level(ckpt))
+    check_vocab(corpus, ckpt)
+    tokens = args.tokens or (30_000 if args.method == "dynamic" else None)
+    return model, ckpt, corpus, batchify(corpus.valid[:tokens], 1, device)
+
+
+def tune_dynamic(args, model, ckpt, corpus, source, timing):
+    """(rows, the published settings, the Partial) of the dynamic grid, continuing a stopped
+    run's partial file; finish() the Partial once the table is written."""
     name, out = corpus_name(ckpt["data"]), Path(args.out)
-    t0, timing = time.time(), {}
-    if args.method == "cache":
-        grid = {"window": args.windows, "theta": args.thetas, "lam": args.lambdas or CACHE_GRID["lam"]}
-        rows = cache_grid(model, source, grid, args.dtype)
-        published = CACHE_DEFAULTS.get(name)
-    else:
-        base = DYNAMIC_DEFAULTS.get(name, DYNAMIC_DEFAULTS["ptb"])
-        base = DynamicSettings(base.lr, base.lam, base.epsilon, args.dyn_bptt)
-        lrs = args.lrs or [base.lr * k for k in DYNAMIC_SCALES]
-        lams = args.lambdas or [base.lam * k for k in DYNAMIC_SCALES]
-        stats = batchify(corpus.train, STAT_BATCH_SIZE, device)
-        job = {"run": str(Path(args.run).resolve()), "epoch": ckpt["state"]["epoch"], "tokens": source.size(0) - 1,
-               "epsilon": base.epsilon, "bptt": base.bptt, "stat_batches": args.dyn_stat_batches, "dtype": args.dtype}
-        out.mkdir(parents=True, exist_ok=True)
-        partial = Partial(out / "tune-dynamic.partial.json", job)
-        try:
-            rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype,
-                                args.dyn_stats, timing, partial.done(), partial.record)
-        except (CheckpointError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        published = base
-    rows.sort(key=lambda r: r[1])
+    base = DYNAMIC_DEFAULTS.get(name, DYNAMIC_DEFAULTS["ptb"])
+    base = DynamicSettings(base.lr, base.lam, base.epsilon, args.dyn_bptt)
+    lrs = args.lrs or [base.lr * k for k in DYNAMIC_SCALES]
+    lams = args.lambdas or [base.lam * k for k in DYNAMIC_SCALES]
+    stats = batchify(corpus.train, STAT_BATCH_SIZE, source.device)
+    job = {"run": str(Path(args.run).resolve()), "epoch": ckpt["state"]["epoch"], "tokens": source.size(0) - 1,
+           "epsilon": base.epsilon, "bptt": base.bptt, "stat_batches": args.dyn_stat_batches, "dtype": args.dtype}
+    out.mkdir(parents=True, exist_ok=True)
+    partial = Partial(out / "tune-dynamic.partial.json", job)
+    rows = dynamic_grid(model, source, stats, base, lrs, lams, args.dyn_stat_batches, args.dtype, args.dyn_stats,
+                        timing, partial.done(), partial.record)
+    return rows, base, partial
+
+
+def write_table(args, rows, tokens, corpus, published, extra):
+    """<out>/tune-<method>.md and .json, the rows best first; extra goes into the JSON."""
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = list(rows[0][0])
-    lines = [f"# {args.method} on the first {source.size(0) - 1:,} tokens of valid, {args.run}", "",
-             *([f"Published settings for {name}: {published}", ""] if published else []),
+    lines = [f"# {args.method} on the first {tokens:,} tokens of valid, {args.run}", "",
+             *([f"Published settings for {corpus}: {published}", ""] if published else []),
              "The row of zeros is plain evaluation.", "",
              "| " + " | ".join(keys) + " | val loss | val ppl |", "|" + "---|" * (len(keys) + 2)]
     lines += ["| " + " | ".join(f"{s[k]:.4g}" for k in keys) + f" | {loss:.4f} | {math.exp(loss):.2f} |"
               for s, loss in rows]
     (out / f"tune-{args.method}.md").write_text("\n".join(lines) + "\n")
     (out / f"tune-{args.method}.json").write_text(json.dumps(
-        {"run": str(args.run), "tokens": source.size(0) - 1, "seconds": round(time.time() - t0, 1), **timing,
+        {"run": str(args.run), "tokens": tokens, **extra,
          "rows": [{**s, "val_loss": loss, "val_ppl": math.exp(loss)} for s, loss in rows]}, indent=2) + "\n")
-    if args.method == "dynamic":
-        partial.finish()
+
+
+def print_best(args, rows):
+    """The best setting, and the evaluate.py command that scores test with it."""
     best, loss = rows[0]
-    print(f"best on valid: {best} (ppl {math.exp(loss):.2f}); the table is in {out / f'tune-{args.method}.md'}")
+    print(f"best on valid: {best} (ppl {math.exp(loss):.2f}); the table is in "
+          f"{Path(args.out) / f'tune-{args.method}.md'}")
     if best == rows_plain(rows):
         print("no setting beats plain evaluation")
+        return
+    extra = "" if args.method == "cache" else (
+        (f" --dyn-bptt {args.dyn_bptt}" if args.dyn_bptt != 5 else "")
+        + (f" --dyn-stat-batches {args.dyn_stat_batches}" if args.dyn_stat_batches else "")
+        + (f" --dyn-stats {args.dyn_stats}" if args.dyn_stats else ""))
+    print(f"score test once with: python evaluate.py {args.run} {method_flags(args.method, best)}{extra}")
+
+
+@cli.user_errors
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    check_inputs(args)
+    model, ckpt, corpus, source = load(args, args.device or cli.default_device())
+    name, t0, timing, partial = corpus_name(ckpt["data"]), time.time(), {}, None
+    if args.method == "cache":
+        grid = {"window": args.windows, "theta": args.thetas, "lam": args.lambdas or CACHE_GRID["lam"]}
+        rows, published = cache_grid(model, source, grid, args.dtype), CACHE_DEFAULTS.get(name)
     else:
-        extra = "" if args.method == "cache" else (
-            (f" --dyn-bptt {args.dyn_bptt}" if args.dyn_bptt != 5 else "")
-            + (f" --dyn-stat-batches {args.dyn_stat_batches}" if args.dyn_stat_batches else "")
-            + (f" --dyn-stats {args.dyn_stats}" if args.dyn_stats else ""))
-        print(f"score test once with: python evaluate.py {args.run} {method_flags(args.method, best)}{extra}")
+        rows, published, partial = tune_dynamic(args, model, ckpt, corpus, source, timing)
+    rows.sort(key=lambda r: r[1])
+    write_table(args, rows, source.size(0) - 1, name, published, {"seconds": round(time.time() - t0, 1), **timing})
+    if partial:
+        partial.finish()
+    print_best(args, rows)
     return 0
 
 

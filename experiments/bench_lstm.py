@@ -1,6 +1,6 @@
 """One LSTM layer's forward + backward (bf16 autocast by default): PyTorch's fused kernel (torch.lstm)
-against ours (kernels.lstm_sequence), interleaved in one process, at the layer shapes of our
-configs. This is where WeightDropLSTM's `auto` kernel threshold (kernels.OWN_MIN_STEP_WORK) comes
+against ours (recurrence.lstm_sequence), interleaved in one process, at the layer shapes of our
+configs. This is where WeightDropLSTM's `auto` kernel threshold (recurrence.OWN_MIN_STEP_WORK) comes
 from. With --forward-only, the forward alone without gradients, at evaluation's shapes (20,000
 tokens per call at batch 10, and batch 1), where `auto` always takes the fused kernel.
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from lm import cli
-from lm.kernels import DTYPES, OWN_MIN_STEP_WORK, autocast, fused_lstm, lstm_sequence
+from lm.precision import DTYPES, autocast
+from lm.recurrence import OWN_MIN_STEP_WORK, fused_lstm, lstm_sequence
 
 # (name, steps, batch, input, hidden)
 SHAPES = [

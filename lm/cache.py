@@ -27,8 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from data import corpus_name
 from lm.cli import UserError
-from lm.kernels import model_scores
+from lm.decoder import SCORE_ROWS, Workspace, model_scores
+from lm.precision import autocast
+from lm.scoring import Scores, windows, zeros
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class PointerCache:
     carried from one evaluation window to the next like the recurrent state.
 
     It also counts the model alone, from the same log-probabilities and as a pass without the
-    cache counts it (kernels.model_scores), so that one pass gives both numbers: model_nats and
+    cache counts it (decoder.model_scores), so that one pass gives both numbers: model_nats and
     model_correct, float64 sums on the device over the positions scored so far."""
 
     def __init__(self, window, theta, lam, original_gaps=None):
@@ -70,6 +73,10 @@ class PointerCache:
         self.words = None  # (M, batch): the word that followed each of them
         self.seen = 0  # positions of each column already scored
         self.model_nats = self.model_correct = None
+
+    def settings(self):
+        """What the cache was asked for, as evaluate.py's JSON records it."""
+        return {"window": self.window, "theta": self.theta, "lambda": self.lam, "original_gaps": self.gaps}
 
     def state_dict(self):
         """The memory and the model-alone sums, for a pass that is saved and continued later."""
@@ -80,29 +87,41 @@ class PointerCache:
         self.keys, self.words, self.seen = state["keys"], state["words"], state["seen"]
         self.model_nats, self.model_correct = state["model_nats"], state["model_correct"]
 
-    def mixer(self, raw, targets):
-        """For one evaluation window, raw outputs (T, batch, d) and targets (T, batch): a function
-        mix(start, log_probs, targets) for linear_scores, which scores the flattened rows
-        start.. (whole time steps) under the mixture. The window then joins the memory."""
-        batch = raw.size(1)
-        raw = raw.float()
+    @staticmethod
+    def rows(batch):
+        """Rows per chunk of log-probabilities for score(): whole time steps of `batch` columns."""
+        return max(1, SCORE_ROWS // batch) * batch
+
+    @torch.no_grad()
+    def score(self, raw, chunks, targets):
+        """(summed nats, correct predictions), float64, of one evaluation window under the
+        mixture: raw (T, batch, d) the model's raw outputs, targets (T, batch), and chunks the
+        model's fp32 log-probabilities of the window's positions flattened time-major, as
+        (start, log_probs (rows, vocab)) with whole time steps in each (LanguageModel.log_probs
+        with rows() rows), which it overwrites. The window then joins the memory."""
+        batch, flat = raw.size(1), targets.reshape(-1)
+        raw = raw.detach().float()
         keys = raw if self.keys is None else torch.cat([self.keys, raw])
         words = targets if self.words is None else torch.cat([self.words, targets])
         first, seen = keys.size(0) - raw.size(0), self.seen  # where the window starts, in keys and in the split
         if self.model_nats is None:
-            self.model_nats, self.model_correct = (raw.new_zeros((), dtype=torch.float64) for _ in range(2))
-
-        def mix(start, log_probs, t):
-            log_likelihood, hits = model_scores(log_probs, t)  # before the mixture overwrites log_probs
-            self.model_nats -= log_likelihood
-            self.model_correct += hits
-            s, e = start // batch, (start + t.numel()) // batch
-            weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)
-            return mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights, lam, key_words)
-
+            self.model_nats, self.model_correct = zeros(raw)
+        nats, correct = zeros(raw)
+        with torch.autocast(raw.device.type, enabled=False):
+            for start, log_probs in chunks:
+                t = flat[start:start + log_probs.size(0)]
+                log_likelihood, hits = model_scores(log_probs, t)  # before the mixture overwrites log_probs
+                self.model_nats -= log_likelihood
+                self.model_correct += hits
+                s, e = start // batch, (start + t.numel()) // batch
+                weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)
+                log_likelihood, hits = mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights,
+                                                      lam, key_words)
+                nats -= log_likelihood
+                correct += hits
         self.keys, self.words = keys[-self.window:].clone(), words[-self.window:].clone()
         self.seen += raw.size(0)
-        return mix
+        return nats, correct
 
     def attend(self, queries, keys, words, q0, g0):
         """Attention of queries (n, batch, d), the outputs at rows q0.. of keys (L, batch, d) and
@@ -151,3 +170,39 @@ def cache_probability(targets, weights, key_words):
 def mix(model_lp, p_cache, lam):
     """log(lam * p_cache + (1 - lam) * exp(model_lp)), exactly model_lp where lam = 0."""
     return torch.logaddexp(model_lp + torch.log1p(-lam), torch.log(lam) + torch.log(p_cache))
+
+
+@torch.no_grad()
+def cache_evaluate(model, source, cache, dtype="fp32", window=None, progress=False):
+    """Scores of a model over a batchified source (rows, batch) under the mixture of a fresh
+    PointerCache: scoring.evaluate's pass, whose windows' log-probabilities the cache scores. The
+    cache's model_nats and model_correct are then those of scoring.evaluate, bit for bit."""
+    model.eval()
+    hidden, workspace = model.init_hidden(source.size(1)), Workspace()
+    nats, correct = zeros(source)
+    for x, y in windows(source, window, progress):
+        with autocast(x.device, dtype):
+            out = model.features(x, hidden)
+            chunks = model.log_probs(out, rows=cache.rows(source.size(1)), workspace=workspace)
+        n, c = cache.score(out.raw, chunks, y)
+        nats += n
+        correct += c
+        hidden = out.hidden
+    return Scores.of(nats, correct, source)
+
+
+def make_cache(data, window=None, theta=None, lam=None, original_gaps=False):
+    """The PointerCache of evaluate.py's flags for the corpus `data` (a hub name or folder);
+    settings not given come from the corpus's entry in CACHE_DEFAULTS."""
+    known = CACHE_DEFAULTS.get(corpus_name(data))
+    given = (window, theta, lam)
+    if known is None and None in given:
+        raise UserError(f"no cache defaults for {data} (known: {', '.join(CACHE_DEFAULTS)}); give "
+                        "--cache-window, --cache-theta and --cache-lambda")
+    defaults = (known.window, known.theta, known.lam) if known else given
+    window, theta, lam = (v if v is not None else d for v, d in zip(given, defaults, strict=True))
+    check_settings(window, theta, lam)
+    if original_gaps and (known is None or known.chunk is None):
+        raise UserError(f"--cache-original-gaps needs the original evaluation chunk, known for "
+                        f"{', '.join(CACHE_DEFAULTS)} only")
+    return PointerCache(window, theta, lam, known.chunk if original_gaps else None)

@@ -98,7 +98,7 @@ def default_device():
 
 
 def check_device(device):
-    """Refuse --device `device` when PyTorch cannot use it here (its dtype: kernels.check_dtype)."""
+    """Refuse --device `device` when PyTorch cannot use it here (its dtype: precision.check_dtype)."""
     try:
         kind = torch.device(device).type
     except RuntimeError as e:

@@ -20,9 +20,10 @@ from pathlib import Path
 from data import LEVELS
 from lm import cli
 from lm.checkpoint import BEST, LAST, load_checkpoint
-from lm.kernels import DTYPES, LSTM_KERNELS, check_dtype, default_dtype
 from lm.optim import PROGRESS_SCHEDULES
+from lm.precision import DTYPES, check_dtype, default_dtype
 from lm.presets import PRESETS
+from lm.recurrence import LSTM_KERNELS
 from model import MODEL_TYPES, AWDConfig, ModelConfig, config_from_dict
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from lm import cli
-from model import map_hidden
+from lm.head import map_hidden
 
 
 class DistributedError(cli.UserError):

@@ -19,23 +19,25 @@ test takes more than an hour on a CPU; with a PassFile it outlives its process: 
 and then, and when stopped, and a later pass of the same job continues where it was.
 """
 import functools
-import hashlib
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DataError, get_batch
+from data import corpus_name, get_batch
 from lm import cli, faults
-from lm.checkpoint import CheckpointError, load_file, save_file, unverified_notice
+from lm.checkpoint import save_file
 from lm.cli import UserError
-from lm.kernels import Workspace, autocast
-from model import detach_hidden, map_hidden
+from lm.decoder import LowRankGradient, Workspace, log_prob_scores
+from lm.head import detach_hidden, map_hidden
+from lm.passfile import PassFile, digest, load_keyed, pass_key
+from lm.precision import autocast
+from lm.scoring import Scores, zeros
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,24 @@ def check_settings(s, stat_batches):
         raise UserError(f"--dyn-stat-batches must be at least 1, got {stat_batches}")
 
 
+def make_settings(data, lr=None, lam=None, epsilon=None, bptt=5, stat_batches=None):
+    """The DynamicSettings of evaluate.py's flags for the corpus `data` (a hub name or folder);
+    settings not given come from the corpus's entry in DYNAMIC_DEFAULTS (PTB's, the published
+    code's defaults, for other corpora)."""
+    known = DYNAMIC_DEFAULTS.get(corpus_name(data), DYNAMIC_DEFAULTS["ptb"])
+    given = {"lr": lr, "lam": lam, "epsilon": epsilon}
+    settings = DynamicSettings(**{k: getattr(known, k) if v is None else v for k, v in given.items()}, bptt=bptt)
+    check_settings(settings, stat_batches)
+    return settings
+
+
 def segments(source, bptt):
     """Start rows of the bptt-token segments of a batchified source."""
     return range(0, source.size(0) - 1, bptt)
 
 
-# How AWD-LSTM's layers run here (WeightDropLSTM's kernels), chosen by measurement (README,
-# results/eval-methods/): at batch 1 and 5 steps with gradients our recurrence beats oneDNN, which
+# How AWD-LSTM's layers run here (WeightDropLSTM's kernels), chosen by measurement (see
+# docs/speed.md): at batch 1 and 5 steps with gradients our recurrence beats oneDNN, which
 # reorders the weights on every call; for the statistics (100 x 5 tokens) it is faster in fp32,
 # and "auto" in bf16.
 DYNAMIC_LSTM_KERNEL = "own"
@@ -109,33 +122,6 @@ def gradient_statistics(model, source, bptt, max_batches=None, dtype="fp32", pro
 STATS_FORMAT = 1  # of the files that statistics() keeps
 
 
-def _digest(tensors):
-    """sha256 of the tensors' bytes, in order."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def load_keyed(path, fmt, key, what, advice, holds, flag, needs=(), map_location="cpu"):
-    """A file that dyneval saved as {"format", "key", ...}, read for a pass with this `key`: damaged,
-    or without "key" or a field of `needs`, it is a one-line CheckpointError ("cannot read <what>
-    <path>: ...; <advice>"); made for another key or format, a DataError naming what differs."""
-    saved, verified = load_file(path, what, advice, map_location)
-    try:
-        for name in needs:
-            saved[name]
-        differ = [k for k in key if saved["key"].get(k) != key[k]]
-    except Exception as e:  # noqa: BLE001 - any file of another shape gets the same one-line error
-        raise CheckpointError(f"cannot read {what} {path}: {cli.first_line(e)}; {advice}") from None
-    if saved.get("format") != fmt or differ:
-        raise DataError(f"{path} holds {holds} other {', '.join(differ) or 'format'}; give {flag} another path "
-                        "or delete the file")
-    if not verified:
-        unverified_notice(path)
-    return saved
-
-
 def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=False, path=None):
     """gradient_statistics, kept in the file at path (when given) for the next split or run: read
     from it when it was made from these weights, training data and settings, else computed and
@@ -143,7 +129,7 @@ def statistics(model, source, bptt, max_batches=None, dtype="fp32", progress=Fal
     if path is None:
         return gradient_statistics(model, source, bptt, max_batches, dtype, progress)
     path = Path(path)
-    key = {"weights": _digest(p for _, p in sorted(model.named_parameters())), "data": _digest([source]),
+    key = {"weights": digest(p for _, p in sorted(model.named_parameters())), "data": digest([source]),
            "bptt": bptt, "stat_batches": max_batches, "dtype": dtype}
     if path.exists():
         return load_keyed(path, STATS_FORMAT, key, needs=("ms",), what="gradient statistics from",
@@ -162,7 +148,7 @@ def _update_in_one_pass(params, theta0, ms, grads, lam_over_mean, lr, epsilon):
     tensors, so that other settings (tune.py's grid) reuse the compiled kernel.
 
     An entry of grads may be the pair (left, right) of a rank-k gradient left.T @ right (the
-    parts of a kernels.LowRankGradient, left (k, vocab), right (k, d)): each of its entries is
+    parts of a decoder.LowRankGradient, left (k, vocab), right (k, d)): each of its entries is
     formed in the pass from k products, so the (vocab, d) gradient is never written nor read,
     and the pass reads 12 bytes per entry and writes 4."""
     for p, t, m, g in zip(params, theta0, ms, grads, strict=True):
@@ -179,7 +165,7 @@ def _compiled_update():
 
 
 # Models with at least this many parameters get the compiled update, where the time it saves on
-# every segment soon repays its compiling (README, results/eval-methods/); smaller ones run eagerly.
+# every segment soon repays its compiling (measured; see docs/speed.md); smaller ones run eagerly.
 COMPILED_UPDATE_MIN_PARAMS = 1 << 22
 
 
@@ -189,9 +175,9 @@ class Adaptation:
     compiled=False runs it eagerly as θ <- θ ⊙ (1 - d) + d ⊙ θ0 - (lr / (MS + epsilon)) ⊙ g from
     stored constants: two passes over the weights, with no allocation. Models of
     COMPILED_UPDATE_MIN_PARAMS or more run it as one pass compiled by torch.compile (see
-    _update_in_one_pass), or eagerly when compiling fails (with a warning). step(grads, low_rank)
-    takes g in the order of model.parameters(), where a kernels.LowRankGradient gives the
-    gradient of its weight (whose entry in grads is then None); restore() puts θ0 back."""
+    _update_in_one_pass), or eagerly when compiling fails (with a warning). step(grads) takes g in
+    the order of model.parameters(), each a tensor or a decoder.LowRankGradient (as
+    LanguageModel.gradients gives them); restore() puts θ0 back."""
 
     def __init__(self, model, ms, settings):
         self.params = [p for _, p in model.named_parameters()]
@@ -215,9 +201,10 @@ class Adaptation:
         self.neg_step = [-lr / (m + epsilon) for m in self.ms]
 
     @torch.no_grad()
-    def step(self, grads, low_rank=None):
+    def step(self, grads):
         grads = list(grads)
-        i = None if low_rank is None else next(k for k, p in enumerate(self.params) if p is low_rank.weight)
+        i = next((k for k, g in enumerate(grads) if isinstance(g, LowRankGradient)), None)
+        low_rank = None if i is None else grads[i]
         if self.compiled:
             try:
                 if i is not None:
@@ -270,51 +257,6 @@ def adapting(model, ms, settings):
         adaptation.restore()
 
 
-PASS_FORMAT = 1  # of the files that PassFile keeps
-
-
-class PassFile:
-    """A dynamic-evaluation pass kept in a file so that it outlives its process: after the
-    segments done so far, the adapted weights, the recurrent state, the sums, the cache's memory
-    and the seconds spent. Written atomically every `every_minutes` (0: after every segment) and
-    when the pass is stopped; read back at once (`saved`, None when there is none) by a later pass
-    of the same job, `key` (see pass_key): a file of another job is a DataError and is left alone.
-    Deleted by finish() when the pass is done. `earlier_seconds` is what earlier processes spent."""
-
-    def __init__(self, path, every_minutes, key):
-        self.path, self.every, self.key = Path(path), 60 * every_minutes, key
-        self.started = self.saved_at = time.time()
-        self.saved, self.earlier_seconds = self._load(), 0.0
-        if self.saved:
-            self.earlier_seconds = self.saved["seconds"]
-
-    def _load(self):
-        if not self.path.exists():
-            return None
-        return load_keyed(self.path, PASS_FORMAT, self.key, what="the saved pass",
-                          advice="delete it to start the pass over", holds="a pass with", flag="--dyn-checkpoint")
-
-    def due(self):
-        return time.time() - self.saved_at >= self.every
-
-    def save(self, state):
-        seconds = self.earlier_seconds + time.time() - self.started
-        save_file({"format": PASS_FORMAT, "key": self.key, "seconds": seconds, **state}, self.path)
-        self.saved_at = time.time()
-
-    def finish(self):
-        self.path.unlink(missing_ok=True)
-
-
-def pass_key(model, source, settings, dtype, cache, stats_source, stat_batches):
-    """What identifies a dynamic-evaluation job, for PassFile: θ0, the scored text, the settings,
-    and what the statistics are made from (the training text and how many segments of it)."""
-    return {"weights": _digest(p for _, p in sorted(model.named_parameters())), "text": _digest([source]),
-            "settings": repr(settings), "dtype": dtype,
-            "cache": None if cache is None else repr((cache.window, cache.theta, cache.lam, cache.gaps)),
-            "statistics": repr((_digest([stats_source]), stat_batches))}
-
-
 @torch.no_grad()
 def _continue(saved, model, cache, device):
     """Put a saved pass's adapted weights into the model and its memory into the cache; returns
@@ -327,20 +269,29 @@ def _continue(saved, model, cache, device):
     return hidden, saved["nats"].to(device), saved["correct"].to(device), saved["segment"]
 
 
+def _segment(model, adaptation, x, y, hidden, dtype, workspace, cache):
+    """One segment: its (summed nats, correct predictions), scored (under the cache's mixture,
+    when given) before the step that learns from its loss, and the new hidden state."""
+    with autocast(x.device, dtype):
+        segment = model.gradients(x, y, hidden, workspace)
+    chunks = [(0, segment.log_probs)]  # the segment's rows in one chunk, whole time steps
+    scored = log_prob_scores(chunks, y.reshape(-1)) if cache is None else cache.score(segment.out.raw, chunks, y)
+    adaptation.step(segment.grads)
+    return (*scored, detach_hidden(segment.out.hidden))
+
+
 def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, cache=None, keep=None,
                      stop=lambda: False):
-    """(mean nats per token, accuracy) of source (rows, batch) under dynamic evaluation from the
-    model's current weights θ0, which it holds again on return. With a fresh cache.PointerCache,
-    each segment is scored under the cache's mixture, its memory filled with the adapting model's
-    outputs, while the update still descends the model's own loss.
+    """Scores of source (rows, batch) under dynamic evaluation from the model's current weights
+    θ0, which it holds again on return. With a fresh cache.PointerCache, each segment is scored
+    under the cache's mixture, its memory filled with the adapting model's outputs, while the
+    update still descends the model's own loss.
 
     With a PassFile `keep`, the pass continues from the one saved there, if any, and is saved as it
     goes; when stop() turns true it is saved and None is returned (the model holds θ0 again)."""
     model.eval()
-    # Each segment's gradients are used up by its step, so the decoder weight's may stay in parts.
-    hidden, workspace = model.init_hidden(source.size(1)), Workspace(factor_weight_grad=True)
-    nats = torch.zeros((), dtype=torch.float64, device=source.device)
-    correct = torch.zeros((), dtype=torch.float64, device=source.device)
+    hidden, workspace = model.init_hidden(source.size(1)), Workspace()
+    nats, correct = zeros(source)
     starts = segments(source, settings.bptt)
     with adapting(model, ms, settings) as adaptation, model.lstm_kernel(DYNAMIC_LSTM_KERNEL):
         done = 0
@@ -350,13 +301,10 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, 
                    total=len(starts), initial=done, mininterval=0.5 if sys.stderr.isatty() else 60)
         for i in bar:
             x, y = get_batch(source, i, settings.bptt)
-            with autocast(x.device, dtype):
-                ce, n, c, out = model.scored_loss(x, y, detach_hidden(hidden), workspace, cache)
-            nats += n  # scored before the update that learns from it
+            n, c, hidden = _segment(model, adaptation, x, y, detach_hidden(hidden), dtype, workspace, cache)
+            nats += n
             correct += c
-            grads = torch.autograd.grad(ce, adaptation.params, allow_unused=True)  # None: the decoder weight's
-            adaptation.step(grads, workspace.take_weight_grad())
-            hidden, done = detach_hidden(out.hidden), done + 1
+            done += 1
             stopping = stop()
             if keep and done < len(starts) and (stopping or keep.due()):
                 keep.save({"segment": done, "weights": {k: p.detach() for k, p in model.named_parameters()},
@@ -366,5 +314,26 @@ def dynamic_evaluate(model, source, ms, settings, dtype="fp32", progress=False, 
                     bar.close()
                     return None
             faults.point("adapting")
-    tokens = (source.size(0) - 1) * source.size(1)
-    return nats.item() / tokens, correct.item() / tokens
+    return Scores.of(nats, correct, source)
+
+
+def run(model, source, settings, stats_source, dtype="fp32", *, stat_batches=None, stats_path=None,
+        checkpoint=None, every_minutes=10.0, cache=None, progress=False):
+    """Dynamic evaluation with what surrounds it, as evaluate.py runs it: the gradient statistics
+    from stats_source (kept in the file stats_path, when given; see statistics), then the pass,
+    kept in the file `checkpoint` when given (see PassFile): continued from it, saved every
+    every_minutes and on Ctrl-C or SIGTERM. Returns (Scores, or None when the pass was stopped
+    and kept; its settings and timings, for evaluate.py's JSON; the PassFile or None, to finish()
+    once the result is safe)."""
+    t0, keep = time.time(), None
+    if checkpoint:
+        keep = PassFile(checkpoint, every_minutes, pass_key(model, source, settings, dtype, cache, stats_source,
+                                                            stat_batches))
+    ms = statistics(model, stats_source, settings.bptt, stat_batches, dtype, progress=progress, path=stats_path)
+    continued = keep.saved["segment"] if keep and keep.saved else None
+    record = {**asdict(settings), "stat_batches": stat_batches, "stat_seconds": round(time.time() - t0, 2),
+              "stats_file": stats_path, "continued_from_segment": continued}
+    with cli.StopOnInterrupt("segment") if keep else nullcontext() as stop:
+        scores = dynamic_evaluate(model, source, ms, settings, dtype, progress, cache, keep,
+                                  stop=lambda: stop is not None and stop.requested)
+    return scores, record, keep

@@ -11,9 +11,11 @@ from tqdm import tqdm
 from data import get_batch
 from lm import cli, distributed, faults
 from lm.checkpoint import LAST
-from lm.kernels import Workspace, autocast
+from lm.decoder import Workspace
+from lm.head import detach_hidden
 from lm.optim import NO_SCALING, PROGRESS_SCHEDULES, sample_seq_len, scaled_lr, scheduled_lr
-from model import activation_regularization, detach_hidden, temporal_activation_regularization
+from lm.precision import autocast
+from model import activation_regularization, temporal_activation_regularization
 
 
 class DivergedError(cli.UserError):

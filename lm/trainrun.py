@@ -26,11 +26,12 @@ from lm.checkpoint import (
 )
 from lm.config import ConfigError, model_config
 from lm.distributed import ONE_PROCESS
+from lm.head import map_hidden
 from lm.optim import Averaging, LossScaler, planned_progress
 from lm.runlock import RunLock
 from lm.scoring import Scores, evaluate
 from lm.training import TrainState, load_optimizer_state, make_optimizer
-from model import build_model, map_hidden
+from model import build_model
 
 
 class Run:

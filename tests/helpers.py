@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lm.checkpoint import read_metrics
-from lm.kernels import bf16_is_fast
+from lm.precision import bf16_is_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

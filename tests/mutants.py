@@ -55,7 +55,7 @@ MUTANTS = {
                                     "        if cfg.tied:"),
     "no-clipping-for-awd": ("lm/training.py", 'if cfg["clip"] > 0:',
                             'if cfg["clip"] > 0 and type(model).__name__ != "AWDLSTM":'),
-    "bf16-target-gradient": ("lm/kernels.py", "probs[rows, targets] = rest.neg().to(probs.dtype)",
+    "bf16-target-gradient": ("lm/logits.py", "probs[rows, targets] = rest.neg().to(probs.dtype)",
                              "probs[rows, targets] = (p_target - 1).to(probs.dtype)"),
     "bf16-dropout-mask": ("model.py", "return x * dropout_mask(shape, self.p, x.device)",
                           "return x * dropout_mask(shape, self.p, x.device).to(x.dtype)"),
@@ -75,17 +75,21 @@ MUTANTS = {
                                        "torch.where(visible.any(1, keepdim=True), self.lam, self.lam)"),
     "cache-original-gaps-off-by-one": ("lm/cache.py", "(g > self.window)", "(g >= self.window)"),
     "cache-model-alone-counted-after-the-mixture": (
-        "lm/cache.py", "            log_likelihood, hits = model_scores(log_probs, t)  # before the mixture overwrites "
-        "log_probs\n            self.model_nats -= log_likelihood\n            self.model_correct += hits\n"
-        "            s, e = start // batch, (start + t.numel()) // batch\n"
-        "            weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)\n"
-        "            return mixture_scores(",
-        "            s, e = start // batch, (start + t.numel()) // batch\n"
-        "            weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)\n"
-        "            mixed = mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights, lam, "
-        "key_words)\n            log_likelihood, hits = model_scores(log_probs, t)\n"
-        "            self.model_nats -= log_likelihood\n            self.model_correct += hits\n"
-        "            return mixed\n            return mixture_scores("),
+        "lm/cache.py", "                log_likelihood, hits = model_scores(log_probs, t)  # before the mixture "
+        "overwrites log_probs\n                self.model_nats -= log_likelihood\n"
+        "                self.model_correct += hits\n"
+        "                s, e = start // batch, (start + t.numel()) // batch\n"
+        "                weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)\n"
+        "                log_likelihood, hits = mixture_scores(",
+        "                s, e = start // batch, (start + t.numel()) // batch\n"
+        "                weights, lam, key_words = self.attend(raw[s:e], keys, words, first + s, seen + s)\n"
+        "                mixed = mixture_scores(log_probs.view(e - s, batch, -1), t.view(e - s, batch), weights, lam, "
+        "key_words)\n                log_likelihood, hits = model_scores(log_probs, t)\n"
+        "                self.model_nats -= log_likelihood\n                self.model_correct += hits\n"
+        "                log_likelihood, hits = mixed\n                _ = mixture_scores("),
+    "cache-chunk-scored-against-the-first-targets": ("lm/cache.py", "t = flat[start:start + log_probs.size(0)]",
+                                                     "t = flat[:log_probs.size(0)]"),
+    "log-prob-chunks-all-start-at-zero": ("lm/decoder.py", "        yield start, chunk", "        yield 0, chunk"),
     "average-start-late": ("lm/training.py", 'run.progress() >= cfg["average_start"]',
                            'run.progress() > cfg["average_start"] + 0.1'),
     "dyneval-decay-away-from-theta0": ("lm/dyneval.py", "self.keep = [1 - d for d in decay]",
@@ -103,35 +107,34 @@ MUTANTS = {
         "lm/dyneval.py", "    if cache is not None:\n        cache.load", "    if False:\n        cache.load"),
     "dyneval-theta0-not-restored": ("lm/dyneval.py", "        torch._foreach_copy_(self.params, self.theta0)",
                                     "        pass"),
-    "dyneval-state-reset-per-segment": ("lm/dyneval.py", "hidden, done = detach_hidden(out.hidden), done + 1",
-                                        "hidden, done = model.init_hidden(source.size(1)), done + 1"),
-    "dyneval-scores-after-the-update": ("lm/dyneval.py",
-                                        "            adaptation.step(grads, workspace.take_weight_grad())\n",
-                                        "            adaptation.step(grads, workspace.take_weight_grad())\n"
-                                        "            nats += model.score(x, y, detach_hidden(hidden))[0] - n\n"),
-    "dyneval-tied-rows-left-out-of-the-step": ("lm/kernels.py", "grad.add_rows(tokens.reshape(-1), grad_out.reshape",
+    "dyneval-state-reset-per-segment": ("lm/dyneval.py", "n, c, hidden = _segment(model, adaptation, x, y,",
+                                        "n, c, _ = _segment(model, adaptation, x, y,"),
+    "dyneval-scores-after-the-update": ("lm/dyneval.py", "    adaptation.step(segment.grads)\n",
+                                        "    adaptation.step(segment.grads)\n"
+                                        "    scored = scored if cache else model.score(x, y, hidden)[:2]\n"),
+    "dyneval-tied-rows-left-out-of-the-step": ("lm/decoder.py", "grad.add_rows(tokens.reshape(-1), grad_out.reshape",
                                                "(tokens.reshape(-1), grad_out.reshape"),
     "dyneval-ms-without-sqrt": ("lm/dyneval.py", "(s / len(starts)).sqrt_()", "(s / len(starts))"),
     "dyneval-mean-over-entries": ("lm/dyneval.py", "mean_ms = sum(m.mean() for m in self.ms) / len(self.ms)",
                                   "mean_ms = torch.cat([m.flatten() for m in self.ms]).mean()"),
-    "dyneval-ignores-the-cache": ("lm/dyneval.py", "model.scored_loss(x, y, detach_hidden(hidden), workspace, cache)",
-                                  "model.scored_loss(x, y, detach_hidden(hidden), workspace)"),
-    "tied-lookup-drops-the-decoder-gradient": ("lm/kernels.py", "grad, ctx.tied.grad = ctx.tied.grad, None",
+    "dyneval-ignores-the-cache": ("lm/dyneval.py", "if cache is None else cache.score(", "if True else cache.score("),
+    "tied-lookup-drops-the-decoder-gradient": ("lm/decoder.py", "grad, ctx.tied.grad = ctx.tied.grad, None",
                                                "grad, ctx.tied.grad = None, None"),
-    "tied-decoder-gradient-without-a-lookup": ("lm/kernels.py", "if ctx.tied is not None and ctx.tied.lookup:",
+    "tied-decoder-gradient-without-a-lookup": ("lm/decoder.py", "if ctx.tied is not None and ctx.tied.lookup:",
                                                "if ctx.tied is not None:"),
     "resume-drops-the-fused-optimizer": ("lm/trainrun.py", 'load_optimizer_state(self.optimizer, ckpt["optimizer"])',
                                          'self.optimizer.load_state_dict(ckpt["optimizer"])'),
-    "scored-loss-scores-the-softmax": ("lm/kernels.py", "log_likelihood, hits = _score_chunk(probs, log_probs_all",
-                                       "torch.softmax(probs, dim=1, out=probs)\n"
-                                       "                    log_likelihood, hits = _score_chunk(probs, log_probs_all"),
-    "bf16-default-on-emulated-gpu": ("lm/kernels.py", "return torch.cuda.is_available() and "
+    "scored-loss-scores-the-softmax": ("lm/decoder.py", "                    _log_softmax_(probs, log_probs)",
+                                       "                    torch.softmax(probs, dim=1, out=probs)\n"
+                                       "                    _log_softmax_(probs, log_probs)"),
+    "bf16-default-on-emulated-gpu": ("lm/precision.py", "return torch.cuda.is_available() and "
                                      "torch.cuda.get_device_capability(device) >= (8, 0)",
                                      "return torch.cuda.is_bf16_supported()"),
-    "fp16-not-the-default-on-older-gpus": ("lm/kernels.py", 'return "fp16" if torch.device(device).type == "cuda" '
+    "fp16-not-the-default-on-older-gpus": ("lm/precision.py", 'return "fp16" if torch.device(device).type == "cuda" '
                                            'else "fp32"', 'return "fp32"'),
-    "fp16-allowed-on-cpu": ("lm/kernels.py", 'if dtype == "fp16" and kind != "cuda":', "if False:"),
-    "fp16-allowed-for-unscaled-gradients": ("lm/kernels.py", 'if dtype == "fp16" and unscaled_backward:', "if False:"),
+    "fp16-allowed-on-cpu": ("lm/precision.py", 'if dtype == "fp16" and kind != "cuda":', "if False:"),
+    "fp16-allowed-for-unscaled-gradients": ("lm/precision.py", 'if dtype == "fp16" and unscaled_backward:',
+                                            "if False:"),
     "other-accelerators-refused": ("lm/cli.py", "available = current is not None and current.type == kind",
                                    "available = False"),
     "clip-before-unscale": ("lm/training.py", '    scaler.unscale_(optimizer)\n    if cfg["clip"] > 0:',
@@ -198,7 +201,7 @@ MUTANTS = {
     # A further round over the scripts' flags and resume paths.
     "fault-tests-checkpoint-one-batch-early": ("lm/trainrun.py", "faults.checkpoint_due(self.state.batches + 1)",
                                                "faults.checkpoint_due(self.state.batches)"),
-    "kept-pass-key-ignores-the-cache-gaps": ("lm/dyneval.py",
+    "kept-pass-key-ignores-the-cache-gaps": ("lm/passfile.py",
                                              "repr((cache.window, cache.theta, cache.lam, cache.gaps))",
                                              "repr((cache.window, cache.theta, cache.lam))"),
     "generate-ignores-the-prompt": ("generate.py", "ids = generate(model, prompt_ids, length,",

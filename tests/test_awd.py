@@ -10,8 +10,8 @@ import train
 from helpers import AWD_TINY, ROOT, metrics, scripts_in_process, step_by_step, write_corpus
 from lm import optim, training, trainrun
 from lm.config import model_config, resolve_config
-from lm.kernels import autocast
 from lm.optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
+from lm.precision import autocast
 from model import (
     AWDLSTM,
     AWDConfig,

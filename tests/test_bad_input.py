@@ -14,7 +14,7 @@ import train
 import tune
 from experiments import char_experiment
 from helpers import AWD_TINY, TINY, digests, write_corpus
-from lm import cli, config, kernels
+from lm import cli, config, precision
 from lm.checkpoint import BEST, METRICS
 
 SCRIPTS = {"train": train.main, "evaluate": evaluate.main, "generate": generate.main, "tune": tune.main,
@@ -223,7 +223,7 @@ CASES += [
 
 
 RUNTIME = {"loss turns NaN"}  # cases that fail after training has started
-NO_BF16_CPU = {c[0] for c in CASES if "without bf16 CPU" in c[0]}  # run with kernels.bf16_is_fast False
+NO_BF16_CPU = {c[0] for c in CASES if "without bf16 CPU" in c[0]}  # run with precision.bf16_is_fast False
 
 
 def only_train(tmp):
@@ -246,7 +246,7 @@ def test_bad_input_is_refused_in_one_line(trained_run, tmp_path, capsys, monkeyp
     run, data = trained_run
     before = digests(run)
     if name in NO_BF16_CPU:
-        monkeypatch.setattr(kernels, "bf16_is_fast", lambda device: False)
+        monkeypatch.setattr(precision, "bf16_is_fast", lambda device: False)
     monkeypatch.setenv("LM_DATA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bench, "bench_dtype", not_refused)
     args = [str(a) for a in argv(tmp_path, run, data)]

@@ -61,7 +61,7 @@ def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypat
 @needs_bf16_cpu
 def test_bench_lstm_times_both_kernels_and_marks_what_auto_picks(tmp_path, monkeypatch):
     from experiments import bench_lstm
-    from lm.kernels import OWN_MIN_STEP_WORK
+    from lm.recurrence import OWN_MIN_STEP_WORK
 
     big = OWN_MIN_STEP_WORK // (64 * 64) - 64  # batch 64, hidden 64: the input size at the threshold
     monkeypatch.setattr(bench_lstm, "SHAPES", [("small", 3, 2, 4, 8), ("at threshold", 2, 64, big, 64)])

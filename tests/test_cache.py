@@ -7,8 +7,9 @@ import torch
 
 import evaluate
 from helpers import metrics
+from lm import cache as cache_module
 from lm import scoring
-from lm.cache import PointerCache, mixture_scores
+from lm.cache import PointerCache, cache_evaluate, mixture_scores
 from model import AWDLSTM, AWDConfig
 
 
@@ -49,12 +50,12 @@ def test_mixture_matches_a_hand_computation():
     raw = torch.tensor([[[2.0, 0.0]], [[1.0, 0.0]], [[1.0, 0.0]]])  # (T=3, batch=1, d=2)
     targets = torch.tensor([[1], [2], [1]])  # w_1, w_2, w_3: the word after each position
     log_probs = torch.full((3, 3), math.log(1 / 3))
-    log_likelihood, correct = cache.mixer(raw, targets)(0, log_probs, targets.view(-1))
+    nats, correct = cache.score(raw, [(0, log_probs)], targets)
     # position 0: empty memory, p = 1/3; position 1: key 0 (next word 1), target 2: p_cache = 0;
     # position 2: keys 0, 1 with weights e^2/(e^2+e), e/(e^2+e), next words 1, 2; target 1.
     a0 = math.exp(2) / (math.exp(2) + math.exp(1))
     expected = [1 / 3, (1 - lam) / 3, lam * a0 + (1 - lam) / 3]
-    assert log_likelihood.item() == pytest.approx(sum(math.log(p) for p in expected), rel=1e-6)
+    assert -nats.item() == pytest.approx(sum(math.log(p) for p in expected), rel=1e-6)
     # argmaxes: position 0 ties (first wins: 0, wrong), position 1 puts lam on word 1 (wrong),
     # position 2 on word 1 (right)
     assert correct.item() == 1
@@ -65,8 +66,21 @@ def test_evaluation_with_the_cache_equals_the_per_token_reference(batch, window,
     """Memory carried across evaluation windows, a window shorter and longer than them, batch > 1."""
     model, theta, lam = tiny_model(), 0.7, 0.3
     source = torch.randint(0, 40, (120, batch), generator=torch.Generator().manual_seed(1))
-    got = scoring.evaluate(model, source, window=eval_window, cache=PointerCache(window, theta, lam))
+    got = cache_evaluate(model, source, PointerCache(window, theta, lam), window=eval_window)
     loss, accuracy = reference(model, source, window, theta, lam)
+    assert got.loss == pytest.approx(loss, rel=1e-5)
+    assert got.accuracy == accuracy
+
+
+def test_each_chunk_of_a_window_is_scored_at_its_own_positions(monkeypatch):
+    """Windows of 9 time steps at batch 2 whose log-probabilities come in chunks of 3 time steps
+    (6 rows): each chunk is mixed with its own positions' attention and scored against their
+    targets."""
+    monkeypatch.setattr(cache_module, "SCORE_ROWS", 6)
+    model, theta, lam = tiny_model(), 0.7, 0.3
+    source = torch.randint(0, 40, (60, 2), generator=torch.Generator().manual_seed(7))
+    got = cache_evaluate(model, source, PointerCache(30, theta, lam), window=9)
+    loss, accuracy = reference(model, source, 30, theta, lam)
     assert got.loss == pytest.approx(loss, rel=1e-5)
     assert got.accuracy == accuracy
 
@@ -76,7 +90,7 @@ def test_original_gaps_leave_out_the_first_window_and_each_chunk_start():
     evaluation chunk."""
     model, theta, lam, window, chunk = tiny_model(), 0.7, 0.3, 10, 25
     source = torch.randint(0, 40, (101, 1), generator=torch.Generator().manual_seed(2))
-    got = scoring.evaluate(model, source, window=17, cache=PointerCache(window, theta, lam, original_gaps=chunk))
+    got = cache_evaluate(model, source, PointerCache(window, theta, lam, original_gaps=chunk), window=17)
     loss, accuracy = reference(model, source, window, theta, lam, lambda g: g > window and g % chunk != 0)
     assert got.loss == pytest.approx(loss, rel=1e-5)
     assert got.accuracy == accuracy
@@ -89,15 +103,15 @@ def test_a_position_never_sees_its_own_output_or_target():
     raw = torch.ones(T, 1, 3)
     targets = torch.arange(T)[:, None]
     log_probs = torch.full((T, 8), math.log(1 / 8))
-    log_likelihood, _ = PointerCache(10, 1.0, lam).mixer(raw, targets)(0, log_probs, targets.view(-1))
+    nats, _ = PointerCache(10, 1.0, lam).score(raw, [(0, log_probs)], targets)
     expected = math.log(1 / 8) + (T - 1) * math.log((1 - lam) / 8)  # the first has no memory
-    assert log_likelihood.item() == pytest.approx(expected, rel=1e-6)
+    assert -nats.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_lambda_zero_gives_plain_evaluation_exactly():
     model = tiny_model()
     source = torch.randint(0, 40, (200, 1), generator=torch.Generator().manual_seed(3))
-    assert scoring.evaluate(model, source, cache=PointerCache(50, 1.0, 0.0)) == scoring.evaluate(model, source)
+    assert cache_evaluate(model, source, PointerCache(50, 1.0, 0.0)) == scoring.evaluate(model, source)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -107,7 +121,7 @@ def test_a_pass_with_the_cache_also_counts_the_model_alone_exactly(batch):
     source = torch.randint(0, 40, (150, batch), generator=torch.Generator().manual_seed(6))
     source[::5] = 7
     cache = PointerCache(40, 1.0, 0.3)
-    cached = scoring.evaluate(model, source, window=23, cache=cache)
+    cached = cache_evaluate(model, source, cache, window=23)
     plain = scoring.evaluate(model, source, window=23)
     tokens = source[1:].numel()
     assert (cache.model_nats.item() / tokens, cache.model_correct.item() / tokens) == (plain.loss, plain.accuracy)
@@ -119,7 +133,7 @@ def test_the_cache_lowers_the_loss_on_a_text_that_repeats_a_rare_word():
     source = torch.randint(0, 40, (300, 1), generator=torch.Generator().manual_seed(4))
     source[::4] = 7  # the untrained model gives word 7 about 1/40
     plain = scoring.evaluate(model, source)
-    cached = scoring.evaluate(model, source, cache=PointerCache(100, 1.0, 0.2))
+    cached = cache_evaluate(model, source, PointerCache(100, 1.0, 0.2))
     assert cached.loss < plain.loss - 0.05
 
 
@@ -175,7 +189,7 @@ def test_the_tuning_grid_scores_each_setting_as_evaluation_does():
     rows = tune.cache_grid(model, source, grid, "fp32", chunk=700)
     assert len(rows) == 1 + 8
     for s, loss in rows[1:]:
-        expected = scoring.evaluate(model, source, cache=PointerCache(s["window"], s["theta"], s["lam"])).loss
+        expected = cache_evaluate(model, source, PointerCache(s["window"], s["theta"], s["lam"])).loss
         assert loss == pytest.approx(expected, rel=1e-6), s
     assert rows[0][1] == scoring.evaluate(model, source).loss
 

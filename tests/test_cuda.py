@@ -21,7 +21,7 @@ import generate
 import train
 from helpers import AWD_TINY, TINY, assert_same_weights, metrics, train_once, weights, write_corpus
 from lm import training
-from lm.kernels import bf16_is_fast
+from lm.precision import bf16_is_fast
 
 pytestmark = pytest.mark.cuda
 

@@ -51,7 +51,7 @@ def test_config_round_trips_through_a_dict():
 @pytest.mark.parametrize("tied", [True, False])
 def test_the_baselines_lstm_in_our_recurrence_equals_nn_lstm(tied):
     """RNNModel.lstm_kernel("own") (dynamic evaluation's) runs the LSTM's layers in
-    kernels.lstm_sequence from nn.LSTM's weights: the same loss, state and gradients, layer by
+    recurrence.lstm_sequence from nn.LSTM's weights: the same loss, state and gradients, layer by
     layer (a nonzero state in, so each layer must get its own)."""
     torch.manual_seed(0)
     net = build_model(ModelConfig(model="lstm", vocab_size=40, emsize=12, nhid=12, nlayers=3, tied=tied)).eval()

@@ -12,7 +12,7 @@ import generate
 import train
 import tune
 from helpers import AWD_TINY, TINY, assert_same_weights, metrics, weights
-from lm import cli, config, kernels, training, trainrun
+from lm import cli, config, precision, training, trainrun
 from lm.optim import LossScaler
 
 
@@ -27,7 +27,7 @@ def fake_gpu(monkeypatch, capability):
 @pytest.mark.parametrize("capability, dtype", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
 def test_bf16_is_the_default_only_on_gpus_that_run_it_natively(monkeypatch, capability, dtype):
     fake_gpu(monkeypatch, capability)
-    assert kernels.default_dtype("cuda") == dtype
+    assert precision.default_dtype("cuda") == dtype
     cfg, _, _ = config.resolve_config(["--device", "cuda"])  # the default device too, where CUDA is seen
     assert cfg["device"] == "cuda" and cfg["dtype"] == dtype
 
@@ -41,7 +41,7 @@ def test_other_accelerators_are_taken_where_pytorch_has_them_in_fp32(monkeypatch
     with pytest.raises(cli.UserError, match="sees no xpu device"):
         cli.check_device("xpu")
     with pytest.raises(cli.UserError, match="has not been verified"):
-        kernels.check_dtype("mps", "bf16")
+        precision.check_dtype("mps", "bf16")
 
 
 REFUSALS = [
@@ -73,10 +73,10 @@ def test_a_device_or_dtype_that_cannot_run_here_is_refused_in_one_line(trained_r
 
 def test_fp16_is_refused_for_gradients_without_loss_scaling_even_on_a_gpu(monkeypatch):
     fake_gpu(monkeypatch, (7, 5))
-    kernels.check_dtype("cuda", "fp16")
+    precision.check_dtype("cuda", "fp16")
     with pytest.raises(cli.UserError, match="flush to zero"):
-        kernels.check_dtype("cuda", "fp16", unscaled_backward=True)
-    kernels.check_dtype("cuda", "bf16", unscaled_backward=True)
+        precision.check_dtype("cuda", "fp16", unscaled_backward=True)
+    precision.check_dtype("cuda", "bf16", unscaled_backward=True)
 
 
 # --- the loss scaler, on the CPU ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from data import batchify, load_corpus
 from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, step_by_step, weights
 from lm import config, training, trainrun
 from lm.checkpoint import load_checkpoint
+from lm.head import detach_hidden
 from lm.optim import sample_seq_len, scheduled_lr
 from lm.scoring import Scores, evaluate
 from model import AWDLSTM, AWDConfig, ModelConfig, RNNModel
@@ -169,8 +170,8 @@ def recorded(monkeypatch):
 
         def loss(x, y, hidden, workspace=None):
             ce, out = real_loss(x, y, hidden, workspace)
-            calls.append({"x": x, "y": y, "in": model_module.detach_hidden(hidden),
-                          "out": model_module.detach_hidden(out.hidden), "grad": [h.requires_grad for h, _ in hidden]})
+            calls.append({"x": x, "y": y, "in": detach_hidden(hidden),
+                          "out": detach_hidden(out.hidden), "grad": [h.requires_grad for h, _ in hidden]})
             return ce, out
 
         def step(*args, **kw):
