@@ -10,8 +10,8 @@ only recurrence, and it is elementwise:
 
 with z = tanh(.), f = sigmoid(.). This is the original code's convention: f weights the new
 candidate. The paper writes c_t = f_t * c_{t-1} + (1 - f_t) * z_t; the two are the same model
-with the forget pre-activation's sign flipped (sigmoid(-a) = 1 - sigmoid(a)), and with the
-symmetric initialization below even the same distribution of initial models.
+with the forget pre-activation's sign flipped (sigmoid(-a) = 1 - sigmoid(a)), and with
+nn.Linear's initialization, symmetric about 0, even the same distribution of initial models.
 
 Choices taken from the original code:
 - the convolution's width ("window") is 2 in the first layer, so it sees the word pair
