@@ -208,6 +208,34 @@ MUTANTS = {
                                     "ids = generate(model, [], length,"),
     # Issue 32: the experiment drivers run the scripts as a user would.
     "driver-drops-the-script-arguments": ("experiments/scripts.py", "*map(str, argv)]", "*map(str, argv[:1])]"),
+    # Issue 33: the QRNN and the Transformer baseline.
+    "qrnn-fo-pooling-gates-swapped": ("lm/qrnn.py", "keep = 1 - f\n        fz = f * z",
+                                      "keep = f\n        fz = (1 - f) * z"),
+    "qrnn-backward-uses-the-same-steps-gate": ("lm/qrnn.py", "keep[t + 1], g[t + 1]", "keep[t], g[t + 1]"),
+    "qrnn-previous-input-not-carried": ("lm/qrnn.py", "return torch.sigmoid(o) * c, (c[-1:], last)",
+                                        "return torch.sigmoid(o) * c, (c[-1:], torch.zeros_like(last))"),
+    "qrnn-weight-drop-not-applied": ("lm/qrnn.py", "F.linear(source, self.dropped_weight(), self.bias)",
+                                     "F.linear(source, self.weight, self.bias)"),
+    "qrnn-weight-drop-in-eval": ("lm/qrnn.py", "if self.training and self.weight_drop:", "if self.weight_drop:"),
+    "qrnn-tied-by-a-copy": ("lm/qrnn.py", "self.decoder.weight = self.encoder.weight",
+                            "self.decoder.weight = nn.Parameter(self.encoder.weight.detach().clone())"),
+    "transformer-mask-sees-the-next-position": ("lm/transformer.py", "dtype=torch.bool, device=device).tril()",
+                                                "dtype=torch.bool, device=device).tril(1)"),
+    "transformer-mask-hides-each-position-from-itself": ("lm/transformer.py",
+                                                         "dtype=torch.bool, device=device).tril()",
+                                                         "dtype=torch.bool, device=device).tril(-1)"),
+    "transformer-post-norm": ("lm/transformer.py", "x = x + self.drop(self.attn(self.norm_attn(x)))\n"
+                              "        return x + self.drop(self.mlp(self.norm_mlp(x)))",
+                              "x = self.norm_attn(x + self.drop(self.attn(x)))\n"
+                              "        return self.norm_mlp(x + self.drop(self.mlp(x)))"),
+    "transformer-tied-by-a-copy": ("lm/transformer.py", "self.decoder.weight = self.encoder.weight",
+                                   "self.decoder.weight = nn.Parameter(self.encoder.weight.detach().clone())"),
+    "transformer-attention-dropout-in-eval": ("lm/transformer.py", "dropout_p=self.dropout if self.training else 0.0",
+                                              "dropout_p=self.dropout"),
+    "sliding-window-scores-a-stride-per-window": ("lm/transformer.py", "scored = offsets >= span - new[:, None]",
+                                                  "scored = offsets >= span - stride"),
+    "sliding-window-context-off-by-one": ("lm/transformer.py", "context.append((offsets + 1).expand_as(scored)",
+                                          "context.append(offsets.expand_as(scored)"),
 }
 
 
