@@ -10,6 +10,7 @@ import train
 from helpers import AWD_TINY, ROOT, metrics, scripts_in_process, step_by_step, write_corpus
 from lm import optim, training, trainrun
 from lm.config import model_config, resolve_config
+from lm.models import build_model
 from lm.optim import Averaging, nonmonotone_trigger, sample_seq_len, scaled_lr
 from lm.precision import autocast
 from model import (
@@ -18,7 +19,6 @@ from model import (
     LockedDropout,
     WeightDropLSTM,
     activation_regularization,
-    build_model,
     embedding_dropout,
     temporal_activation_regularization,
 )
