@@ -6,11 +6,12 @@
 Training is timed through the training loop's own train_step (lm/training.py: forward, backward,
 clip, SGD step, with AR/TAR for AWD-LSTM) and evaluation through lm/scoring.py's score_batch
 (forward and scoring under no_grad, in evaluate.py's long windows at the config's evaluation batch
-size), on real WikiText-2 batches when the data are found (else random tokens with its
-vocabulary size). After a warm-up, several windows of --steps batches are timed and the median
-window is reported. In the same process, for each --dtype, a plain model of identical sizes
-(nn.LSTM layers, same decoder and tying, no regularization) is timed the same way, so the ratio
-ours/plain shows what the regularizers cost.
+size; the Transformer's in its sliding window's calls, 16 windows of its context), on real
+WikiText-2 batches when the data are found (else random tokens with its vocabulary size). After a
+warm-up, several windows of --steps batches are timed and the median window is reported. In the
+same process, for each --dtype, a plain model of identical sizes (nn.LSTM layers, same decoder and
+tying, no regularization) is timed the same way, so the ratio ours/plain shows what the
+regularizers cost (for the QRNN: what it gains over an LSTM of its sizes; the Transformer has none).
 
 Also reported: peak memory of each phase (CPU: the process's peak resident set, reset before
 the phase; CUDA: peak allocated), model FLOPs per token (matmuls only: 2*4h(i+h) per LSTM layer
@@ -34,17 +35,18 @@ from torch import nn
 
 from data import DataError, batchify, get_batch, load_corpus
 from lm import cli
-from lm.config import base_defaults, model_config, resolve_config
+from lm.config import model_config, resolve_config
 from lm.decoder import Workspace
-from lm.flops import flops_per_token, gemm_shapes, shape_bound
+from lm.defaults import base_defaults
+from lm.flops import model_flops, shape_bound
 from lm.head import LanguageModel, LMOutput
 from lm.memory import keep_freed_memory
+from lm.models import build_model
 from lm.optim import LossScaler
 from lm.precision import DTYPES, HALF
 from lm.recurrence import LSTM_KERNELS
 from lm.scoring import eval_window, score_batch
 from lm.training import train_step
-from model import build_model
 
 WT2_VOCAB = 33_278
 CONFIGS = {
@@ -56,6 +58,10 @@ CONFIGS = {
                       "tied": True, "batch_size": 20, "bptt": 35, "eval_batch_size": 10},
     # the full AWD-LSTM WikiText-2 preset (33.6M parameters), at its fixed base bptt
     "awd-lstm-wt2": {"preset": "awd-lstm-wt2"},
+    # the original code's WikiText-2 QRNN, against an nn.LSTM model of its layer sizes
+    "qrnn-wt2": {"preset": "qrnn-wt2"},
+    # the Transformer baseline (no plain model to time it against)
+    "transformer-wt2": {"preset": "transformer-wt2"},
 }
 # Tokens/s of other code on this project's 2-core CPU (AMD EPYC, torch 2.13), as given in the
 # speed issue, and the targets set there for ours.
@@ -96,10 +102,10 @@ def build(name, vocab_size, dtype, lstm_kernel="auto"):
     """(model, config for train_step with sizes, batch sizes, bptt and dtype) of a benchmark config."""
     spec = CONFIGS[name]
     if "preset" in spec:
-        cfg, _, _ = resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype,
-                                    "--lstm-kernel", lstm_kernel])
+        kernel = ["--lstm-kernel", lstm_kernel] if lstm_kernel != "auto" else []
+        cfg, _, _ = resolve_config(["--preset", spec["preset"], "--device", "cpu", "--dtype", dtype, *kernel])
     else:
-        cfg = {**base_defaults(False, False), **spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype,
+        cfg = {**base_defaults("baseline", False), **spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype,
                "lstm_kernel": lstm_kernel}
     return build_model(model_config(cfg, vocab_size), lstm_kernel), cfg
 
@@ -181,8 +187,11 @@ def bench(model, cfg, train_tokens, steps, eval_steps, windows, warmup, device, 
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scaler = LossScaler(device.type, enabled=cfg["dtype"] == "fp16")  # as train.py runs fp16
     results = {}
-    phases = (("train", cfg["batch_size"], cfg["bptt"], steps),
-              ("eval", cfg["eval_batch_size"], eval_window(cfg["eval_batch_size"]), eval_steps))
+    # A Transformer's evaluation forward is the sliding window's: windows of its whole context, 16 at a time
+    # (the scored tokens per second are stride / context of the tokens per second reported).
+    evaluated = ((cfg["eval_batch_size"], eval_window(cfg["eval_batch_size"])) if model.context_window is None
+                 else (16, model.context_window))
+    phases = (("train", cfg["batch_size"], cfg["bptt"], steps), ("eval", *evaluated, eval_steps))
     for phase, bsz, bptt, calls in phases:
         source = batchify(train_tokens, bsz, device)
         nwin = (source.size(0) - 1) // bptt
@@ -253,27 +262,28 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     """Ours and plain at one precision, with FLOPs, ceiling and ratios; `profiles` (see bench)
     receives our model's."""
     model, cfg = build(args.config, WT2_VOCAB, dtype, args.lstm_kernel)
-    sizes = model.cfg.layer_sizes()
-    flops = flops_per_token(sizes, model.decoder.in_features, WT2_VOCAB)
+    flops, shapes = model_flops(model.cfg, cfg, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
-    shapes = gemm_shapes(cfg, sizes, model.decoder.in_features, WT2_VOCAB)
     ceiling, ceilings = matmul_ceiling(device, dtype, shapes)
-    bound = shape_bound(shapes, ceilings)
     maybe_compile = torch.compile if args.compile else (lambda m: m)
     ours = bench(maybe_compile(model), cfg, tokens, *timing, profiles)
+    results = {"ours": ours}
+    if hasattr(model.cfg, "layer_sizes"):  # the recurrent models: a plain nn.LSTM model of the same sizes
+        plain = PlainLSTM(WT2_VOCAB, model.cfg.layer_sizes(), cfg["tied"])
+        results["plain"] = bench(maybe_compile(plain), {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
     del model
-    plain = PlainLSTM(WT2_VOCAB, sizes, cfg["tied"])
-    plain_results = bench(maybe_compile(plain), {**cfg, "alpha": 0.0, "beta": 0.0}, tokens, *timing)
-    summarize(ours, flops, ceiling)
-    summarize(plain_results, flops, ceiling)
-    for r in (ours, plain_results):
-        r["train"]["fraction_of_shape_bound"] = round(r["train"]["achieved_gflops"] * 1e9 / bound, 3)
     out = {"dtype": dtype, "matmul_ceiling_gflops": round(ceiling / 1e9, 1), "matmul_gflops": ceilings,
-           "shape_bound": {"train_gflops": round(bound / 1e9, 1), "fraction_of_ceiling": round(bound / ceiling, 3)},
-           "model_flops_per_token": {"forward": flops, "train": 3 * flops},
-           "ours": ours, "plain": plain_results,
-           "ratio_ours_to_plain": {p: round(ours[p]["tokens_per_s"] / plain_results[p]["tokens_per_s"], 3)
-                                   for p in ("train", "eval")}}
+           "model_flops_per_token": {"forward": flops, "train": 3 * flops}, **results}
+    for r in results.values():
+        summarize(r, flops, ceiling)
+    if shapes:
+        bound = shape_bound(shapes, ceilings)
+        out["shape_bound"] = {"train_gflops": round(bound / 1e9, 1), "fraction_of_ceiling": round(bound / ceiling, 3)}
+        for r in results.values():
+            r["train"]["fraction_of_shape_bound"] = round(r["train"]["achieved_gflops"] * 1e9 / bound, 3)
+    if "plain" in results:
+        out["ratio_ours_to_plain"] = {p: round(ours[p]["tokens_per_s"] / results["plain"][p]["tokens_per_s"], 3)
+                                      for p in ("train", "eval")}
     ref = REFERENCE.get(args.config)
     if ref:
         out["ratio_to_reference"] = {p: round(ours[p]["tokens_per_s"] / ref[p], 3) for p in ("train", "eval")
@@ -284,13 +294,15 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
 def print_run(args, run):
     """The lines of one precision's results: ours and plain, the shape bound, and the ratios."""
     dtype = run["dtype"]
-    for name in ("ours", "plain"):
+    for name in ("ours", "plain")[:1 + ("plain" in run)]:
         r = run[name]
         print(f"{args.config} ({name}, {dtype}) on {args.device}: "
               f"train {r['train']['tokens_per_s']:,.0f} tok/s ({r['train']['fraction_of_ceiling']:.0%} of "
               f"{run['matmul_ceiling_gflops']:.0f} GFLOP/s), peak {r['train']['peak_memory_mb'] or 0:,.0f} MB | "
               f"eval {r['eval']['tokens_per_s']:,.0f} tok/s, peak {r['eval']['peak_memory_mb'] or 0:,.0f} MB | "
               f"{r['parameters']:,} parameters")
+    if "shape_bound" not in run:
+        return
     bound = run["shape_bound"]
     print(f"  the model's own matmuls at their measured speeds, nothing else: {bound['train_gflops']:.0f} "
           f"GFLOP/s in training ({bound['fraction_of_ceiling']:.0%} of the ceiling); ours at "
@@ -305,8 +317,8 @@ def print_run(args, run):
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    if args.lstm_kernel != "auto" and "preset" not in CONFIGS[args.config]:
-        parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only; {args.config} runs nn.LSTM")
+    if args.lstm_kernel != "auto" and args.config != "awd-lstm-wt2":
+        parser.error(f"--lstm-kernel applies to awd-lstm-wt2 only, not {args.config}")
     for flag, path in (("--json", args.json), ("--profile", args.profile)):
         cli.check_file(path, flag)
     if args.threads:

@@ -7,9 +7,13 @@ for character-level runs).
     python evaluate.py checkpoints/<run> --cache            # with the continuous cache pointer
     python evaluate.py checkpoints/<run> --dynamic-eval     # with dynamic evaluation
     python evaluate.py checkpoints/<run> --dynamic-eval --cache --dyn-stats ms.pt   # both; statistics kept
+    python evaluate.py checkpoints/<transformer-run> --stride 32   # a sliding window advancing 32 tokens
 
 With --cache, the same pass also reports the scores without the cache's mixture (with
 --dynamic-eval: dynamic evaluation alone), since the model's predictions do not depend on it.
+A Transformer has no state to carry: it is scored at batch 1 by windows of its full context that
+slide --stride tokens at a time, each token scored once, and the output says how much context the
+tokens had; --batch-size, --window, --cache and --dynamic-eval are for the recurrent models.
 """
 import argparse
 import json
@@ -25,7 +29,15 @@ from lm.cache import CACHE_DEFAULTS, PointerCache, cache_evaluate, make_cache
 from lm.checkpoint import check_vocab, checkpoint_level, load_model
 from lm.dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings
 from lm.precision import DTYPES, check_dtype
-from lm.scoring import EVAL_TOKENS, Scores, eval_window, evaluate
+from lm.scoring import (
+    EVAL_TOKENS,
+    Scores,
+    default_stride,
+    eval_window,
+    evaluate,
+    refuse_for_stateless,
+    sliding_evaluate,
+)
 
 
 def get_parser():
@@ -42,6 +54,9 @@ def get_parser():
                    help="rows (time steps) per forward call; the state carries across calls, so "
                         f"this changes speed, not the result (default: {EVAL_TOKENS:,} tokens per "
                         "call, i.e. that many rows at batch 1)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="transformer only: tokens each sliding window advances; past the text's first window every "
+                        "token is predicted from at least context - stride + 1 tokens (default: half the context)")
     p.add_argument("--data", default=None,
                    help="corpus to score, a hub name or folder (default: the one the run trained on)")
     p.add_argument("--device", default=None, help=f"{cli.DEVICES} (default: cuda if available, else cpu)")
@@ -131,6 +146,7 @@ class Job(NamedTuple):
     cache: PointerCache = None
     dynamic: DynamicSettings = None
     stats_source: torch.Tensor = None  # the training data for dynamic evaluation's statistics
+    stride: int = None  # a Transformer's: its sliding window's step (then window is its context)
 
 
 def check_flags(args, device):
@@ -147,18 +163,41 @@ def check_flags(args, device):
     check_dtype(device, args.dtype, unscaled_backward=args.dynamic_eval)
 
 
+def sliding_stride(args, model):
+    """A Transformer's stride, after refusing the recurrent passes' flags; None for a recurrent
+    model, after refusing --stride."""
+    context = model.context_window
+    if context is None:
+        if args.stride is not None:
+            raise cli.UserError("--stride applies to a Transformer's sliding window; a recurrent model carries its "
+                                "state over the whole split")
+        return None
+    for flag, given in (("--cache", args.cache), ("--dynamic-eval", args.dynamic_eval)):
+        if given:
+            refuse_for_stateless(model, flag)
+    for flag, given in (("--batch-size", args.batch_size), ("--window", args.window)):
+        if given is not None:
+            raise cli.UserError(f"{flag} does not apply to a Transformer: it is scored at batch 1 by a sliding window "
+                                f"of its {context}-token context; --stride sets the window's step")
+    stride = default_stride(context) if args.stride is None else args.stride
+    if not 1 <= stride <= context:
+        raise cli.UserError(f"--stride must be in [1, {context}] (the context window), got {stride}")
+    return stride
+
+
 def prepare(args):
     """Load and check everything main() needs, with one-line errors (cli.UserError)."""
     device = args.device or cli.default_device()
     check_flags(args, device)
     model, ckpt = load_model(args.run, device)
+    stride = sliding_stride(args, model)
     level, data = checkpoint_level(ckpt), args.data or ckpt["data"]
     corpus = load_corpus(data, level)
     check_vocab(corpus, ckpt)
     cache, dynamic = make_methods(args, data)
     if dynamic and args.window is not None:
         raise cli.UserError("--window does not apply to --dynamic-eval, whose windows are --dyn-bptt tokens")
-    batch_size = args.batch_size
+    batch_size = 1 if stride else args.batch_size
     if batch_size is None:
         batch_size = 10 if args.split in ("valid", "train") and not (cache or dynamic) else 1
     if batch_size < 1 or (args.window is not None and args.window < 1):
@@ -172,7 +211,8 @@ def prepare(args):
                             f"has only {len(corpus.train):,} training tokens (it needs {needed:,})")
         stats_source = batchify(corpus.train, STAT_BATCH_SIZE, device)
     source = batchify(corpus.split(args.split), batch_size, device)
-    return Job(model, ckpt, level, source, window, cache, dynamic, stats_source)
+    window = model.context_window if stride else window
+    return Job(model, ckpt, level, source, window, cache, dynamic, stats_source, stride)
 
 
 def report(args, job, scores, seconds, extra):
@@ -193,9 +233,13 @@ def report(args, job, scores, seconds, extra):
         result["bpc"] = scores.bits
         bits = f" | bpc {scores.bits:.4f}"
     method = "".join(name for name, on in ((" | cache", job.cache), (" | dynamic evaluation", job.dynamic)) if on)
+    shape = (f"sliding window {job.window}, stride {job.stride}" if job.stride
+             else f"batch {batch_size} | window {job.window}")
     print(f"{args.split} loss {scores.loss:.4f} nats/{job.level}{bits} | ppl {scores.ppl:.2f} | "
-          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | batch {batch_size} | window {job.window}{method} | "
+          f"accuracy {scores.accuracy:.2%} | {tokens:,} tokens | {shape}{method} | "
           f"{args.dtype} | {tokens / seconds:,.0f} tokens/s")
+    if job.stride:
+        print(extra["sliding_window"])
     if alone:
         print(f"{args.split} without the cache, from the same pass: loss {alone.loss:.4f} | ppl {alone.ppl:.2f} | "
               f"accuracy {alone.accuracy:.2%}")
@@ -218,6 +262,9 @@ def main(argv=None):
         if scores is None:
             print(f"stopped; the pass is kept in {keep.path}: run the same command to continue it", file=sys.stderr)
             return 130
+    elif job.stride:
+        scores, scored = sliding_evaluate(job.model, job.source, args.dtype, job.stride)
+        extra["stride"], extra["sliding_window"] = job.stride, scored.summary()
     elif job.cache:
         scores = cache_evaluate(job.model, job.source, job.cache, args.dtype, job.window, progress=True)
     else:

@@ -4,7 +4,9 @@
     python generate.py checkpoints/<char-run> --temperature 0.7 --chars 500 --prompt "ROMEO:" --seed 1
 
 The prompt is read by the model first and printed as given. At word level <eos> prints as a
-newline; at character level the characters are printed as they are.
+newline; at character level the characters are printed as they are. A recurrent model reads each
+token once and carries its state; a Transformer, which has none, reads at each step the last
+tokens of the text so far that fit its context window.
 """
 import argparse
 import math
@@ -33,21 +35,26 @@ def filter_logits(logits, top_k=0, top_p=1.0):
 
 @torch.no_grad()
 def generate(model, prompt_ids, n, temperature=1.0, top_k=0, top_p=1.0, generator=None, eos_id=0):
-    """Read prompt_ids (or the lone token eos_id when empty), then sample n ids, one at a time."""
+    """Read prompt_ids (or the lone token eos_id when empty), then sample n ids, one at a time. A
+    recurrent model is fed each new token with its carried state; a model without state
+    (model.context_window set) the last context_window tokens of the text so far at every step."""
     model.eval()
     device = next(model.parameters()).device
-    context = torch.tensor(prompt_ids or [eos_id], device=device).view(-1, 1)  # (seq_len, batch=1)
+    text = list(prompt_ids or [eos_id])
+    window = model.context_window
+    feed = text if window is None else text[-window:]
     hidden = model.init_hidden(1)
     sampled = []
     for _ in range(n):
-        out = model(context, hidden)
+        out = model(torch.tensor(feed, device=device).view(-1, 1), hidden)  # (seq_len, batch=1)
         hidden = out.hidden
         logits = filter_logits(out.logits[-1, 0].float() / temperature, top_k, top_p)
         probs = torch.softmax(logits, -1)
         next_id = torch.multinomial(probs.cpu(), 1, generator=generator).item()
         sampled.append(next_id)
         faults.point("sampling")
-        context = torch.tensor([[next_id]], device=device)
+        text.append(next_id)
+        feed = [next_id] if window is None else text[-window:]
     return sampled
 
 

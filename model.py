@@ -26,7 +26,6 @@ from lm.precision import compute_dtype
 from lm.recurrence import check_lstm_kernel, fused_lstm, lstm_layers, lstm_sequence, own_recurrence_is_faster
 
 RNN_TYPES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-MODEL_TYPES = (*RNN_TYPES, "awd-lstm")
 
 
 def _check_common(cfg):
@@ -337,17 +336,3 @@ def temporal_activation_regularization(raw, beta):
         return raw.new_zeros((), dtype=torch.float32)
     raw = raw.float()
     return beta * (raw[1:] - raw[:-1]).pow(2).mean()
-
-
-def config_from_dict(d):
-    """A checkpoint's model_config -> ModelConfig or AWDConfig."""
-    return (AWDConfig if d.get("model") == "awd-lstm" else ModelConfig).from_dict(d)
-
-
-def build_model(cfg, lstm_kernel="auto"):
-    """The model of a config; lstm_kernel (see WeightDropLSTM) applies to AWD-LSTM only."""
-    if isinstance(cfg, AWDConfig):
-        return AWDLSTM(cfg, lstm_kernel)
-    if lstm_kernel != "auto":
-        raise ValueError(f"--lstm-kernel {lstm_kernel} applies to awd-lstm only, not to {cfg.model}")
-    return RNNModel(cfg)

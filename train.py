@@ -1,8 +1,11 @@
-"""Train a recurrent language model on words or characters: the classic baseline or AWD-LSTM.
+"""Train a language model on words or characters: the classic baseline, AWD-LSTM, the QRNN or a
+Transformer baseline.
 
     python train.py --data ../shared/data/wikitext-2 --epochs 6 --save checkpoints/wt2-small
     python train.py --level char --data ../shared/data/tinyshakespeare/input.txt --save checkpoints/shakespeare
     python train.py --preset awd-lstm-wt2 --data ../shared/data/wikitext-2 --save checkpoints/awd
+    python train.py --preset qrnn-wt2 --data ../shared/data/wikitext-2 --save checkpoints/qrnn
+    python train.py --preset transformer-wt2 --data ../shared/data/wikitext-2 --save checkpoints/transformer
     python train.py --finetune checkpoints/awd          # AWD-LSTM's second stage, into awd-finetune
     python train.py --resume checkpoints/wt2-small --epochs 10    # continue, possibly longer
 

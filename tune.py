@@ -33,7 +33,7 @@ from lm.checkpoint import check_vocab, checkpoint_level, load_model, write_atomi
 from lm.decoder import Workspace
 from lm.dyneval import DYNAMIC_DEFAULTS, STAT_BATCH_SIZE, DynamicSettings, dynamic_evaluate, statistics
 from lm.precision import DTYPES, autocast, check_dtype
-from lm.scoring import evaluate, windows, zeros
+from lm.scoring import evaluate, refuse_for_stateless, windows, zeros
 
 CACHE_GRID = {"window": [500, 1000, 2000, 3785], "theta": [0.3, 0.662, 1.0, 1.5],
               "lam": [0.05, 0.1, 0.1279, 0.2]}
@@ -175,6 +175,7 @@ def load(args, device):
     cli.check_device(device)
     check_dtype(device, args.dtype, unscaled_backward=args.method == "dynamic")
     model, ckpt = load_model(args.run, device)
+    refuse_for_stateless(model, f"--method {args.method}")
     corpus = load_corpus(ckpt["data"], checkpoint_level(ckpt))
     check_vocab(corpus, ckpt)
     tokens = args.tokens or (30_000 if args.method == "dynamic" else None)

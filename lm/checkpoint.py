@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lm import cli, faults
-from model import build_model, config_from_dict
+from lm.models import build_model, config_from_dict
 
 # The layout of a checkpoint dict; raised when a change would break reading older ones.
 # Checkpoints saved before the field existed are format 1.

@@ -4,117 +4,53 @@
 A run's config is one flat dict, saved in every checkpoint and in the run's config.json. It is
 resolved in layers, each overriding the one before:
 
-    defaults < AWD-LSTM's defaults (--model awd-lstm) < character defaults (--level char)
-             < preset < flags given on the command line
+    defaults < the model family's (--model awd-lstm, qrnn, transformer) < character defaults
+             (--level char) < preset < flags given on the command line
 
-The defaults are one table, DEFAULTS, by kind of run; the model's own are written once, in
-model.py's config dataclasses (ModelConfig, AWDConfig), and read from there. --resume takes the
+The defaults are one table, lm/defaults.py's DEFAULTS, by kind of run. --resume takes the
 saved config and lets only RESUMABLE flags change; --finetune takes the run's config and switches
 to NT-ASGD averaging from the start.
 """
 import argparse
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from data import LEVELS
 from lm import cli
 from lm.checkpoint import BEST, LAST, load_checkpoint
+from lm.defaults import (
+    DEFAULT_LR,
+    DEFAULTS,
+    FAMILY_MODEL,
+    MODEL_KEYS,
+    NOT_FOR,
+    base_defaults,
+    default_note,
+    model_defaults,
+)
+from lm.models import MODEL_TYPES, config_class, config_from_dict, family
 from lm.optim import PROGRESS_SCHEDULES
 from lm.precision import DTYPES, check_dtype, default_dtype
 from lm.presets import PRESETS
 from lm.recurrence import LSTM_KERNELS
-from model import MODEL_TYPES, AWDConfig, ModelConfig, config_from_dict
 
 
 class ConfigError(cli.UserError):
     """A bad combination of flags, reported as one line."""
 
 
-def model_defaults(cls):
-    """Field -> default of a model config dataclass (everything but the vocabulary size)."""
-    return {f.name: f.default for f in fields(cls) if f.name != "vocab_size"}
-
-
-BASELINE_MODEL, AWD_MODEL = model_defaults(ModelConfig), model_defaults(AWDConfig)
-AWD_ONLY = tuple(k for k in AWD_MODEL if k not in BASELINE_MODEL)  # the dropout rates, locked_dropout
-BASELINE_ONLY = tuple(k for k in BASELINE_MODEL if k not in AWD_MODEL)  # dropout
-# Each kind of run's defaults, in layers over the plain ones (base_defaults). They live here rather
-# than in the parser, so that explicit flags can be told apart: those override presets and, on
-# --resume, the saved config.
-DEFAULTS = {
-    "plain": {
-        **BASELINE_MODEL, **dict.fromkeys(AWD_ONLY),
-        "data": "wikitext-2", "level": "word",
-        "optimizer": "sgd", "lr": None, "schedule": None, "warmup": 0.0, "anneal": 4.0, "nonmono": 5,
-        "average_start": None, "adam_betas": [0.9, 0.999], "wdecay": 0.0, "clip": 0.25, "alpha": 0.0, "beta": 0.0,
-        "epochs": 40, "batch_size": 20, "eval_batch_size": 10, "bptt": 35, "variable_bptt": False,
-        "seed": 1111, "device": None, "dtype": None, "val_dtype": "fp32", "lstm_kernel": "auto",
-        "dist_timeout": 600.0, "save": None, "max_batches": None, "max_minutes": None, "checkpoint_every": None,
-        "log_interval": 200, "plot": False,
-    },
-    # AWD-LSTM's training defaults: the original code's.
-    "awd-lstm": {
-        **AWD_MODEL, **dict.fromkeys(BASELINE_ONLY),
-        "optimizer": "nt-asgd", "wdecay": 1.2e-6, "alpha": 2.0, "beta": 1.0, "batch_size": 80, "bptt": 70,
-        "variable_bptt": True, "epochs": 750,
-    },
-    # Characters are few (65 in Tiny Shakespeare) and each carries little information, so: Adam at
-    # lr 2e-3 (as char-rnn) rather than SGD at lr 20, 100-character BPTT windows, a looser clip, and
-    # none of the word-level regularizers that act on a whole token type (embedding dropout would
-    # delete every "e" of a batch; tying a 65-row decoder saves nothing).
-    "char": {
-        "data": "tinyshakespeare", "emsize": 128, "nhid": 512, "nlayers": 2, "dropout": 0.2,
-        "optimizer": "adam", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 100, "epochs": 30, "tied": False,
-    },
-    # AWD-LSTM keeps its locked dropout, weight drop and AR/TAR at milder rates, near Merity et al.
-    # 2018's character-level PTB settings (dropouti 0.1, dropouth 0.25, dropout 0.1, dropoute 0), with
-    # a weight drop of 0.3 for a 2x512 model that trains for minutes rather than days.
-    "char awd-lstm": {
-        "dropout": None, "dropout_embedding": 0.0, "dropout_input": 0.1, "dropout_hidden": 0.25,
-        "dropout_output": 0.1, "dropout_weight": 0.3, "variable_bptt": True,
-    },
-}
-# The kinds of run with their own defaults, as (awd, char), named as --help names them.
-KINDS = {kind: ("awd-lstm" in kind, "char" in kind) for kind in DEFAULTS if kind != "plain"}
-DEFAULT_LR = {"sgd": 20.0, "nt-asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 # Flags that may change when a run is resumed; the rest would make it a different run.
 RESUMABLE = {"epochs", "device", "dtype", "val_dtype", "max_batches", "max_minutes", "checkpoint_every", "dist_timeout",
              "log_interval", "plot", "lstm_kernel"}
 # Flags added after runs were first saved, with the value that those older runs used.
 LATER_FLAGS = {"dtype": "fp32", "val_dtype": "fp32", "level": "word", "plot": False, "lstm_kernel": "auto",
-               "checkpoint_every": None, "average_start": None, "dist_timeout": 600.0}
+               "checkpoint_every": None, "average_start": None, "dist_timeout": 600.0, "nhead": None, "context": None}
 # Flags that --finetune may not change: they define the model being fine-tuned.
-MODEL_FLAGS = {"data", "level", *BASELINE_MODEL, *AWD_MODEL}
+MODEL_FLAGS = {"data", "level", *MODEL_KEYS}
 
 
 def flag(key):
     return "--" + key.replace("_", "-")
-
-
-def base_defaults(awd, char):
-    """The defaults of a run before presets and flags: the plain layer of DEFAULTS, then each
-    kind's layer that the run is of (awd-lstm, char, both), in that order."""
-    cfg = dict(DEFAULTS["plain"])
-    for kind, (kind_awd, kind_char) in KINDS.items():
-        if (awd or not kind_awd) and (char or not kind_char):
-            cfg.update(DEFAULTS[kind])
-    return cfg
-
-
-def default_note(key):
-    """' (default: ...)' for --help: the plain default, then each kind of run's default where it
-    differs from a kind that it refines (char awd-lstm refines both awd-lstm and char)."""
-    shown = {}  # value -> kinds that default to it
-    for kind, (awd, char) in KINDS.items():
-        value = base_defaults(awd, char)[key]
-        refined = [base_defaults(False, char)[key], base_defaults(awd, False)[key]]
-        if value is not None and any(value != r for r in refined):
-            shown.setdefault(str(value), []).append(kind)
-    plain = DEFAULTS["plain"][key]
-    parts = [] if plain is None else [str(plain)]
-    parts += [f"{value} for {' and '.join(kinds)}" for value, kinds in shown.items()]
-    return f" (default: {', '.join(parts)})" if parts else ""
 
 
 def preset_help():
@@ -143,21 +79,29 @@ def add_model_flags(g):
     add(g, "data", "hub dataset (wikitext-2, wikitext-103, ptb, tinyshakespeare) or a folder with "
                    "train.txt/valid.txt/test.txt; with --level char also one text file, cut 90/5/5")
     add(g, "level", "tokens are words (split on whitespace, <eos> per line) or characters", choices=LEVELS)
-    add(g, "model", "recurrent model: a baseline cell or AWD-LSTM", choices=MODEL_TYPES)
-    add(g, "emsize", "embedding size (awd-lstm: also its last layer's size when tied)", type=int)
-    add(g, "nhid", "hidden units per layer (awd-lstm: all layers but the last)", type=int)
-    add(g, "nlayers", "number of recurrent layers", type=int)
+    add(g, "model", "a baseline recurrent cell, AWD-LSTM, the QRNN (AWD-LSTM's regularizers on QRNN layers, as the "
+                    "original code's --model QRNN) or a decoder-only Transformer", choices=MODEL_TYPES)
+    add(g, "emsize", "embedding size (awd-lstm, qrnn: also the last layer's size when tied; transformer: the "
+                     "model's width)", type=int)
+    add(g, "nhid", "hidden units per layer (awd-lstm, qrnn: all layers but the last; transformer: the MLP's "
+                   "hidden width)", type=int)
+    add(g, "nlayers", "number of recurrent layers, or Transformer blocks", type=int)
+    add(g, "nhead", "transformer: attention heads, each of --emsize / --nhead units", type=int)
+    add(g, "context", "transformer: its context window, the most tokens it sees at once; training windows "
+                      "(--bptt) must fit in it, and evaluation slides a window of this size over the text", type=int)
     add(g, "tied", "tie the decoder weight to the embedding (baseline: needs --nhid == --emsize)",
         action=argparse.BooleanOptionalAction)
-    add(g, "dropout", "baseline only: dropout on the embedding, between layers and on the output", type=float)
-    add(g, "dropout_embedding", "awd-lstm: fraction of words dropped from the embedding matrix "
+    add(g, "dropout", "baseline: dropout on the embedding, between layers and on the output; transformer: on "
+                      "the embeddings, the attention weights and each residual branch", type=float)
+    add(g, "dropout_embedding", "awd-lstm, qrnn: fraction of words dropped from the embedding matrix "
                                 "(the paper's embedding dropout, dropoute)", type=float)
-    add(g, "dropout_input", "awd-lstm: locked dropout on the embedding output (dropouti)", type=float)
-    add(g, "dropout_hidden", "awd-lstm: locked dropout between LSTM layers (dropouth)", type=float)
-    add(g, "dropout_output", "awd-lstm: locked dropout on the last LSTM output (dropout)", type=float)
-    add(g, "dropout_weight", "awd-lstm: DropConnect on hidden-to-hidden weights (the paper's weight "
-                             "drop, wdrop); 0 turns weight drop off", type=float)
-    add(g, "locked_dropout", "awd-lstm: one dropout mask per sequence, shared over time (variational); "
+    add(g, "dropout_input", "awd-lstm, qrnn: locked dropout on the embedding output (dropouti)", type=float)
+    add(g, "dropout_hidden", "awd-lstm, qrnn: locked dropout between recurrent layers (dropouth)", type=float)
+    add(g, "dropout_output", "awd-lstm, qrnn: locked dropout on the last layer's output (dropout)", type=float)
+    add(g, "dropout_weight", "awd-lstm: DropConnect on hidden-to-hidden weights (the paper's weight drop, wdrop); "
+                             "qrnn: on each layer's whole weight, as the original code; 0 turns weight drop off",
+        type=float)
+    add(g, "locked_dropout", "awd-lstm, qrnn: one dropout mask per sequence, shared over time (variational); "
                              "--no-locked-dropout draws a new mask per step",
         action=argparse.BooleanOptionalAction)
 
@@ -187,7 +131,8 @@ def add_optimization_flags(g):
         type=float)
     add(g, "epochs", "last epoch to train (on --resume, may be raised to train longer)", type=int)
     add(g, "batch_size", "training batch size (parallel token streams)", type=int)
-    add(g, "eval_batch_size", "batch size of the validation pass each epoch", type=int)
+    add(g, "eval_batch_size", "batch size of the validation pass each epoch (not for transformer, which "
+                              "validates by a sliding window)", type=int)
     add(g, "bptt", "tokens per truncated-BPTT window (the mean one with --variable-bptt)", type=int)
     add(g, "variable_bptt", "draw each window's length around --bptt and scale the lr by length/bptt",
         action=argparse.BooleanOptionalAction)
@@ -232,7 +177,7 @@ def fill_defaults(given):
     preset < explicit flags."""
     preset = PRESETS[given["preset"]] if given.get("preset") else {}
     model = given.get("model") or preset.get("model") or DEFAULTS["plain"]["model"]
-    cfg = {**base_defaults(model == "awd-lstm", given.get("level") == "char"), **preset,
+    cfg = {**base_defaults(family(model), given.get("level") == "char"), **preset,
            **{k: v for k, v in given.items() if k != "preset"}, "preset": given.get("preset")}
     if cfg["lr"] is None:
         cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
@@ -252,16 +197,14 @@ def check_config(cfg, given):
     --finetune, where `given` holds only the flags of this command line."""
     if cfg.get("preset") and cfg["model"] != PRESETS[cfg["preset"]]["model"]:
         raise ConfigError(f"--preset {cfg['preset']} is for --model {PRESETS[cfg['preset']]['model']}")
-    wrong = [k for k in (AWD_ONLY if cfg["model"] != "awd-lstm" else BASELINE_ONLY) if k in given]
-    if wrong:
-        raise ConfigError(f"{flag(wrong[0])} does not apply to --model {cfg['model']}"
-                          + ("; use --dropout-input/-hidden/-output" if wrong[0] == "dropout" else ""))
-    for key in ("emsize", "nhid", "nlayers", "epochs", "batch_size", "eval_batch_size", "bptt", "log_interval",
-                "nonmono"):
-        if cfg[key] < 1:
+    check_family_flags(cfg, given)
+    for key in ("emsize", "nhid", "nlayers", "nhead", "context", "epochs", "batch_size", "eval_batch_size", "bptt",
+                "log_interval", "nonmono"):
+        if cfg.get(key) is not None and cfg[key] < 1:
             raise ConfigError(f"{flag(key)} must be at least 1, got {cfg[key]}")
-    for key in ("dropout", *AWD_ONLY):
-        if isinstance(cfg.get(key), float) and not 0 <= cfg[key] < 1:
+    check_context(cfg)
+    for key in MODEL_KEYS:
+        if key.startswith("dropout") and isinstance(cfg.get(key), float) and not 0 <= cfg[key] < 1:
             raise ConfigError(f"{flag(key)} must be in [0, 1), got {cfg[key]}")
     if not cfg["lr"] > 0:
         raise ConfigError(f"--lr must be positive, got {cfg['lr']}")
@@ -272,8 +215,9 @@ def check_config(cfg, given):
         if cfg[key] is not None and not cfg[key] > 0:
             raise ConfigError(f"{flag(key)} must be positive, got {cfg[key]} (leave it out for no limit)")
     if cfg["lstm_kernel"] != "auto" and cfg["model"] != "awd-lstm":
-        raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']} "
-                          "(the baseline runs PyTorch's own nn.LSTM/GRU/RNN)")
+        raise ConfigError(f"--lstm-kernel applies to --model awd-lstm only, not {cfg['model']}"
+                          + (" (the baseline runs PyTorch's own nn.LSTM/GRU/RNN)" if cfg["model"] in MODEL_TYPES[:4]
+                             else ""))
     if cfg["device"]:  # None: not resolved yet (the plain defaults)
         cli.check_device(cfg["device"])
     for key in ("dtype", "val_dtype"):
@@ -288,10 +232,41 @@ def check_config(cfg, given):
         raise ConfigError("--average-start does not apply to --finetune, which averages from its first step")
 
 
+def check_family_flags(cfg, given):
+    """Refuse a flag given for a model family that has no use for it."""
+    name = family(cfg["model"])
+    wrong = [k for k in given if k in MODEL_KEYS and k not in FAMILY_MODEL[name] or k in NOT_FOR.get(name, {})]
+    if not wrong:
+        return
+    hint = ""
+    if wrong[0] == "dropout" and name in ("awd-lstm", "qrnn"):
+        hint = "; use --dropout-input/-hidden/-output"
+    elif wrong[0] in NOT_FOR.get(name, {}):
+        hint = f": {NOT_FOR[name][wrong[0]]}"
+    elif wrong[0].startswith("dropout_") and "dropout" in FAMILY_MODEL[name]:
+        hint = "; its one rate is --dropout"
+    raise ConfigError(f"{flag(wrong[0])} does not apply to --model {cfg['model']}{hint}")
+
+
+def check_context(cfg):
+    """A Transformer's training windows must fit in its context window: --bptt tokens, or up to
+    --bptt + 20 with --variable-bptt (optim.sample_seq_len's cap)."""
+    if family(cfg["model"]) != "transformer":
+        return
+    bptt, context = cfg["bptt"], cfg["context"]
+    if cfg["variable_bptt"] and bptt + 20 > context:
+        raise ConfigError(f"--bptt {bptt} with --variable-bptt draws windows of up to {bptt + 20} tokens, more than "
+                          f"the Transformer's --context {context}: lower --bptt, raise --context or drop "
+                          "--variable-bptt")
+    if bptt > context:
+        raise ConfigError(f"--bptt {bptt} exceeds the Transformer's --context {context}: lower --bptt or raise "
+                          "--context")
+
+
 def model_config(cfg, vocab_size, saved=None):
     """The model's config dataclass: a checkpoint's `saved` model config where it starts from one,
-    else the run config's model part. model.py's dataclasses refuse what cannot be built."""
-    cls = AWDConfig if cfg["model"] == "awd-lstm" else ModelConfig
+    else the run config's model part. The families' dataclasses refuse what cannot be built."""
+    cls = config_class(cfg["model"])
     try:
         if saved is not None:
             return config_from_dict(saved)
@@ -315,6 +290,9 @@ def finetune_config(given, saved, run):
     """Fine-tuning's config: the run's, with NT-ASGD averaging from the first step. The lr is
     the run's when it trained with SGD (the original code's finetune.py takes the same --lr as
     the main run), else NT-ASGD's default."""
+    if family(saved["model"]) == "transformer":
+        raise ConfigError("--finetune is AWD-LSTM's second stage, SGD with averaging; it does not apply to a "
+                          "Transformer: train it longer with --resume --epochs")
     fixed = sorted(k for k in given if k in MODEL_FLAGS | {"preset"})
     if fixed:
         raise ConfigError(f"{flag(fixed[0])} cannot change with --finetune: the model comes from {run}")

@@ -3,6 +3,28 @@ FLOPs per token of the forward, the shapes of one training step's matmuls, and t
 FLOP/s that those shapes allow at given speeds."""
 
 
+def model_flops(mcfg, cfg, decoder_in, vocab_size):
+    """(forward FLOPs per token, gemm_shapes or None) of a model config mcfg trained at cfg's batch
+    size and bptt. The LSTMs' as below; the QRNN's convolutions 2 * 3h * (window * i) per layer;
+    the Transformer's weights 2 * (4d^2 + 2 d nhid) per block and its attention 4 * bptt * d (the
+    full score matrix and its product with the values, as the masked kernel computes them), with
+    no shapes, since attention's batched matmuls are no single GEMM. Each with the decoder."""
+    decoder = 2 * decoder_in * vocab_size
+    if mcfg.model == "transformer":
+        d = mcfg.emsize
+        return mcfg.nlayers * (2 * (4 * d * d + 2 * d * mcfg.nhid) + 4 * cfg["bptt"] * d) + decoder, None
+    sizes = mcfg.layer_sizes()
+    if mcfg.model != "qrnn":
+        return flops_per_token(sizes, decoder_in, vocab_size), gemm_shapes(cfg, sizes, decoder_in, vocab_size)
+    tokens, shapes = cfg["batch_size"] * cfg["bptt"], {}
+    for layer, ((i, h), w) in enumerate(zip(sizes, mcfg.windows(), strict=True)):
+        for what, mkn in (("input", (tokens, w * i, 3 * h)), ("input's gradient", (tokens, 3 * h, w * i)),
+                          ("weight's gradient", (3 * h, tokens, w * i))):
+            shapes[f"layer {layer} {what} ({'x'.join(map(str, mkn))})"] = (mkn, tokens)
+    shapes.update(decoder_shapes(tokens, decoder_in, vocab_size))
+    return sum(6 * h * w * i for (i, h), w in zip(sizes, mcfg.windows(), strict=True)) + decoder, shapes
+
+
 def flops_per_token(sizes, decoder_in, vocab_size):
     """Forward matmul FLOPs per token: the LSTM layers' gates (2 * 4h * (i + h) each) and the
     decoder (2 * d * vocab). Elementwise work and the embedding lookup are not counted."""
@@ -25,11 +47,14 @@ def gemm_shapes(cfg, sizes, decoder_in, vocab_size):
                                 ("step's gradient", (batch, g, h), batch),
                                 ("recurrent weight's gradient", (g, tokens, h), tokens)):
             shapes[f"layer {layer} {what} ({'x'.join(map(str, mkn))})"] = (mkn, rows)
-    d, v = decoder_in, vocab_size
-    for what, mkn in (("logits", (tokens, d, v)), ("input's gradient", (tokens, v, d)),
-                      ("weight's gradient", (d, tokens, v))):
-        shapes[f"decoder {what} ({'x'.join(map(str, mkn))})"] = (mkn, tokens)
-    return shapes
+    return {**shapes, **decoder_shapes(tokens, decoder_in, vocab_size)}
+
+
+def decoder_shapes(tokens, d, v):
+    """The decoder's logits and both their gradients, in gemm_shapes' form."""
+    return {f"decoder {what} ({'x'.join(map(str, mkn))})": (mkn, tokens)
+            for what, mkn in (("logits", (tokens, d, v)), ("input's gradient", (tokens, v, d)),
+                              ("weight's gradient", (d, tokens, v)))}
 
 
 def shape_bound(shapes, gflops):

@@ -46,6 +46,10 @@ class LanguageModel(nn.Module):
     """The end of the forward pass: a subclass defines features(tokens, hidden, tied=None) ->
     LMOutput without logits, init_hidden(batch_size), and encoder and decoder layers."""
 
+    # The most tokens one call may see, for a model without state between calls (the Transformer);
+    # None for a recurrent model, which carries its state from call to call over any length.
+    context_window = None
+
     def lstm_kernel(self, kernel):
         """A context in which the LSTM layers run in `kernel` (see model.WeightDropLSTM); here,
         where there are none, nothing changes."""

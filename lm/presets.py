@@ -1,8 +1,9 @@
 """train.py's presets: named configurations that --preset applies under the flags given.
 
-Each is a set of flags with where it comes from: the original AWD-LSTM code's README commands,
-fast.ai's Adam recipe, the recipes for two hours on a 2-core CPU, and the published fast recipe
-spread over a GPU time budget. Explicit flags override a preset's values (lm/config.py).
+Each is a set of flags with where it comes from: the original AWD-LSTM code's README commands
+(its LSTM's and its QRNN's), fast.ai's Adam recipe, the recipes for two hours on a 2-core CPU, the
+published fast recipe spread over a GPU time budget, and a small Transformer baseline. Explicit
+flags override a preset's values (lm/config.py).
 """
 
 # The first two presets follow the commands in the original AWD-LSTM code's README, which differ
@@ -43,4 +44,26 @@ PRESETS = {
                      "batch_size": 100, "bptt": 70, "clip": 0.12, "alpha": 3.0, "beta": 1.5, "epochs": 90,
                      "dropout_input": 0.6, "dropout_output": 0.4, "dropout_weight": 0.5,
                      "dropout_embedding": 0.1, "dropout_hidden": 0.2, "max_minutes": 12.0},
+    # The original code's WikiText-2 QRNN command (its README): 500 epochs, batch 40, clip 0.25, dropouti 0.4,
+    # dropouth 0.2, wdrop 0.1, 4 layers of 1550, seed 4002; the rest its defaults, as QRNNConfig's and
+    # AWD-LSTM's training defaults hold them.
+    "qrnn-wt2": {"model": "qrnn", "data": "wikitext-2", "epochs": 500, "batch_size": 40, "clip": 0.25,
+                 "dropout_input": 0.4, "dropout_hidden": 0.2, "dropout_weight": 0.1, "nhid": 1550, "nlayers": 4,
+                 "seed": 4002},
+    # The QRNN on two CPU hours: awd-lstm-cpu-2h's recipe (Adam one-cycle, batch 100, clip 0.12, every dropout
+    # at a quarter of the WikiText-2 command's) with qrnn-wt2's model. Not yet tried in a trial pair.
+    "qrnn-cpu-2h": {"model": "qrnn", "data": "wikitext-2", "seed": 4002, "optimizer": "adam", "lr": 3e-3,
+                    "adam_betas": [0.7, 0.99], "schedule": "onecycle", "warmup": 0.25, "batch_size": 100,
+                    "clip": 0.12, "epochs": 90, "dropout_embedding": 0.025, "dropout_input": 0.1,
+                    "dropout_hidden": 0.05, "dropout_output": 0.1, "dropout_weight": 0.025, "max_minutes": 120.0,
+                    "checkpoint_every": 10.0},
+    # The Transformer baseline: the family's defaults (pytorch/examples' AdamW command, lr 1e-3, weight decay
+    # 0.01, clip 0.25, batch 20; TransformerConfig's 4 pre-norm blocks of width 256 with 4 heads, an MLP of
+    # 1024, context 128, dropout 0.2), with a cosine schedule after a 5% warm-up (GPT-2's and nanoGPT's
+    # practice) in place of plateau annealing, over pytorch/examples' 40 epochs. Untuned.
+    "transformer-wt2": {"model": "transformer", "data": "wikitext-2", "schedule": "cosine", "warmup": 0.05,
+                        "epochs": 40},
+    # The same on two CPU hours, for the head-to-head: the cosine runs over the budget.
+    "transformer-cpu-2h": {"model": "transformer", "data": "wikitext-2", "schedule": "cosine", "warmup": 0.05,
+                           "epochs": 40, "max_minutes": 120.0, "checkpoint_every": 10.0},
 }

@@ -1,7 +1,8 @@
 """The plain scoring pass: a model's loss and next-token accuracy over a batchified split, window
 after window with the recurrent state carried across, without gradients. Validation in train.py,
 evaluate.py, tune.py and bench.py all score through it; the cache's pass (lm/cache.py) walks the
-same windows."""
+same windows. A Transformer, which has no state to carry, is scored by its sliding window instead
+(sliding_evaluate), in validation and in evaluate.py alike."""
 import math
 import sys
 from typing import NamedTuple
@@ -10,9 +11,10 @@ import torch
 from tqdm import tqdm
 
 from data import get_batch
-from lm import faults
+from lm import cli, faults
 from lm.decoder import Workspace
 from lm.precision import autocast
+from lm.transformer import sliding_window_scores
 
 
 class Scores(NamedTuple):
@@ -83,3 +85,33 @@ def evaluate(model, source, dtype="fp32", window=None, progress=False):
         nats += n
         correct += c
     return Scores.of(nats, correct, source)
+
+
+def default_stride(context):
+    """The sliding window's stride unless given: half the context window, so that every token
+    after the text's first window is predicted from at least half the window (three quarters on
+    average) at twice the cost of non-overlapping windows."""
+    return max(1, context // 2)
+
+
+def sliding_evaluate(model, source, dtype="fp32", stride=None):
+    """(Scores, transformer.SlidingScores) of a model without state (model.context_window set)
+    over a split batchified at batch 1, source (rows, 1): windows of its full context sliding
+    `stride` tokens (default: default_stride) at a time, every target scored once. Scores counts
+    the rows - 1 targets, as evaluate counts the same source."""
+    if source.size(1) != 1:
+        raise ValueError(f"the sliding window scores one column, not a batch of {source.size(1)}")
+    model.eval()
+    with autocast(source.device, dtype):
+        scored = sliding_window_scores(model, source[:, 0], stride or default_stride(model.context_window))
+    n = scored.nats.numel()
+    return Scores(scored.nats.sum().item() / n, scored.correct.item() / n), scored
+
+
+def refuse_for_stateless(model, what):
+    """A one-line error when `what` (a flag) asks a model without state (the Transformer) for the
+    cache or dynamic evaluation: both continue a recurrent model's state across the split."""
+    if model.context_window is not None:
+        raise cli.UserError(f"{what} does not apply to a Transformer: the cache and dynamic evaluation continue a "
+                            "recurrent model's state across the split, and a Transformer has none (it is scored by a "
+                            "sliding window)")

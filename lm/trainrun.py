@@ -27,11 +27,11 @@ from lm.checkpoint import (
 from lm.config import ConfigError, model_config
 from lm.distributed import ONE_PROCESS
 from lm.head import map_hidden
+from lm.models import build_model
 from lm.optim import Averaging, LossScaler, planned_progress
 from lm.runlock import RunLock
-from lm.scoring import Scores, evaluate
+from lm.scoring import Scores, evaluate, sliding_evaluate
 from lm.training import TrainState, load_optimizer_state, make_optimizer
-from model import build_model
 
 
 class Run:
@@ -85,7 +85,8 @@ class Run:
         if mode == "resume":
             self.restore(ckpt, averaging_mode)
         self.train_data = distributed.columns(batchify(self.corpus.train, cfg["batch_size"], self.device), world)
-        self.val_data = batchify(self.corpus.valid, cfg["eval_batch_size"], self.device)
+        stateless = self.model.context_window is not None  # validated by the sliding window, at batch 1
+        self.val_data = batchify(self.corpus.valid, 1 if stateless else cfg["eval_batch_size"], self.device)
         self.start_writing()
         self.mark = self.saved_at = time.time()  # state.seconds counts up to mark
         self.clock = self.state.seconds  # under torchrun: rank 0's training time at the last step
@@ -199,5 +200,8 @@ class Run:
         """Validation scores of the weights that model.pt would hold (the average once active);
         under torchrun every process validates and all take rank 0's numbers."""
         with self.averaging.weights(self.model):
-            scores = evaluate(self.model, self.val_data, self.cfg["val_dtype"])
+            if self.model.context_window is None:
+                scores = evaluate(self.model, self.val_data, self.cfg["val_dtype"])
+            else:
+                scores, _ = sliding_evaluate(self.model, self.val_data, self.cfg["val_dtype"])
         return Scores(*distributed.from_main(self.world, scores))

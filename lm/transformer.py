@@ -142,6 +142,10 @@ class TransformerLM(LanguageModel):
     def init_hidden(self, batch_size):
         return ()
 
+    @property
+    def context_window(self):
+        return self.cfg.context
+
 
 class SlidingScores(NamedTuple):
     nats: torch.Tensor  # (tokens - 1,) float64: -log p of each token from the second on, in text order

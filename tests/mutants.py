@@ -59,8 +59,9 @@ MUTANTS = {
                              "probs[rows, targets] = (p_target - 1).to(probs.dtype)"),
     "bf16-dropout-mask": ("model.py", "return x * dropout_mask(shape, self.p, x.device)",
                           "return x * dropout_mask(shape, self.p, x.device).to(x.dtype)"),
-    "validation-in-training-dtype": ("lm/trainrun.py", 'evaluate(self.model, self.val_data, self.cfg["val_dtype"])',
-                                     'evaluate(self.model, self.val_data, self.cfg["dtype"])'),
+    "validation-in-training-dtype": ("lm/trainrun.py",
+                                     'scores = evaluate(self.model, self.val_data, self.cfg["val_dtype"])',
+                                     'scores = evaluate(self.model, self.val_data, self.cfg["dtype"])'),
     "schedule-ignores-max-batches": ("lm/trainrun.py", 'if self.cfg["max_batches"]:\n            part = max(',
                                      'if False:\n            part = max('),
     "schedule-ignores-max-minutes": ("lm/optim.py", "by_time = seconds / (60 * max_minutes) if max_minutes else 0.0",
@@ -236,6 +237,24 @@ MUTANTS = {
                                                   "scored = offsets >= span - stride"),
     "sliding-window-context-off-by-one": ("lm/transformer.py", "context.append((offsets + 1).expand_as(scored)",
                                           "context.append(offsets.expand_as(scored)"),
+    # Issue 33: the two families wired into the scripts.
+    "transformer-validated-without-the-overlap": ("lm/trainrun.py", 'sliding_evaluate(self.model, self.val_data, '
+                                                  'self.cfg["val_dtype"])', 'sliding_evaluate(self.model, '
+                                                  'self.val_data, self.cfg["val_dtype"], self.model.context_window)'),
+    "transformer-evaluated-in-a-batch-of-columns": ("evaluate.py", "batch_size = 1 if stride else args.batch_size",
+                                                    "batch_size = args.batch_size"),
+    "transformer-evaluated-at-the-default-stride-only": ("evaluate.py", "sliding_evaluate(job.model, job.source, "
+                                                         "args.dtype, job.stride)",
+                                                         "sliding_evaluate(job.model, job.source, args.dtype)"),
+    "generate-feeds-one-token-fewer-than-the-context": ("generate.py", "feed = [next_id] if window is None else "
+                                                        "text[-window:]", "feed = [next_id] if window is None else "
+                                                        "text[-window + 1:]"),
+    "qrnn-memory-not-carried": ("lm/qrnn.py", "return torch.sigmoid(o) * c, (c[-1:], last)",
+                                "return torch.sigmoid(o) * c, (torch.zeros_like(c[-1:]), last)"),
+    "transformer-cache-not-refused": ("lm/scoring.py", "    if model.context_window is not None:\n        raise",
+                                      "    if False:\n        raise"),
+    "transformer-bptt-one-past-the-context-accepted": ("lm/config.py", "    if bptt > context:",
+                                                       "    if bptt > context + 1:"),
 }
 
 
@@ -260,9 +279,9 @@ def run_mutant(name, path, old, new):
         if text.count(old) != 1:
             return f"edit does not apply ({text.count(old)} matches in {path})"
         target.write_text(text.replace(old, new))
-        # The wiring and precision tests first, where most mutants fail, then the rest of the suite.
+        # The wiring, precision and model-family tests first, where most mutants fail, then the rest.
         files = sorted(str(p.relative_to(tree)) for p in (tree / "tests").glob("test_*.py"))
-        files.sort(key=lambda f: f not in ("tests/test_wiring.py", "tests/test_precision.py"))
+        files.sort(key=lambda f: f not in ("tests/test_wiring.py", "tests/test_precision.py", "tests/test_families.py"))
         # The check that every mutant's text still matches fails on any mutated tree; leave it out.
         skip = ["--deselect", "tests/test_wiring.py::test_every_mutant_still_applies"]
         result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *skip, *files],

@@ -110,7 +110,7 @@ CASES = [
      "--dropout-input must be in [0, 1)"),
     ("epochs 0", "train", lambda t, r, d: ["--data", d, "--epochs", "0"], "--epochs must be at least 1"),
     ("unknown preset", "train", lambda t, r, d: ["--preset", "gpt-5"], "invalid choice"),
-    ("unknown model", "train", lambda t, r, d: ["--model", "transformer"], "invalid choice"),
+    ("unknown model", "train", lambda t, r, d: ["--model", "mamba"], "invalid choice"),
     ("baseline flag with awd", "train", lambda t, r, d: ["--data", d, "--model", "awd-lstm", "--dropout", "0.2"],
      "--dropout does not apply to --model awd-lstm"),
     ("awd flag with baseline", "train", lambda t, r, d: ["--data", d, "--dropout-hidden", "0.2"],

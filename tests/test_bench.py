@@ -5,6 +5,7 @@ import pytest
 
 import bench
 from helpers import needs_bf16_cpu
+from lm import presets
 
 
 def test_bench_smoke_run_reports_throughput_flops_and_ratios(tmp_path, monkeypatch):
@@ -87,3 +88,27 @@ def test_bench_lstm_times_the_forward_alone_at_evaluation_shapes(tmp_path, monke
     (row,) = report["layers"]
     assert report["forward_only"] and row["name"] == "eval" and not row["auto_picks_own"]
     assert row["fused_ms"] > 0 and row["own_ms"] > 0
+
+
+@pytest.mark.parametrize("name", ["qrnn-wt2", "transformer-wt2"])
+def test_bench_times_the_qrnn_against_an_lstm_and_the_transformer_alone(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(bench, "WT2_VOCAB", 500)
+    monkeypatch.setattr(bench, "matmul_speed", lambda device, dtype, m, k, n: 1e9)
+    small = {"emsize": 16, "nhid": 32, "nlayers": 2, "batch_size": 4, "bptt": 10}
+    if name == "transformer-wt2":
+        small.update(nhead=2, context=12)
+    monkeypatch.setitem(presets.PRESETS, name, {**presets.PRESETS[name], **small})
+    out = tmp_path / "bench.json"
+    assert bench.main(["--config", name, "--data", str(tmp_path / "absent"), "--steps", "1", "--eval-steps", "1",
+                       "--windows", "1", "--warmup", "0", "--json", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["ours"]["train"]["tokens_per_s"] > 0 and run["ours"]["eval"]["tokens_per_s"] > 0
+    assert run["ours"]["train"]["bptt"] == 10
+    decoder = 2 * 16 * 500
+    if name == "qrnn-wt2":  # layer 1 sees (x_t, x_t-1): 2 x 16 inputs to 3 x 32 gates; layer 2 32 -> 3 x 16
+        assert run["model_flops_per_token"]["forward"] == 2 * 3 * 32 * 2 * 16 + 2 * 3 * 16 * 32 + decoder
+        assert run["plain"]["parameters"] > 0 and "train" in run["ratio_ours_to_plain"] and "shape_bound" in run
+    else:  # 2 blocks of qkv and projection (4 d^2), the MLP (2 d nhid) and attention over 10 positions (4 n d)
+        assert run["model_flops_per_token"]["forward"] == 2 * (2 * (4 * 16 * 16 + 2 * 16 * 32) + 4 * 10 * 16) + decoder
+        assert "plain" not in run and "shape_bound" not in run
+        assert run["ours"]["eval"]["bptt"] == 12 and run["ours"]["eval"]["batch_size"] == 16

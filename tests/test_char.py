@@ -13,9 +13,10 @@ import plot
 from data import DataError, load_corpus, split_text
 from experiments import scripts
 from helpers import SHARED_DATA, grammar_lines, train_once
-from lm import config, plots, scoring
+from lm import config, defaults, plots, scoring
 from lm.checkpoint import load_model, read_metrics
-from model import ModelConfig, build_model
+from lm.models import build_model
+from model import ModelConfig
 
 CHAR_TINY = ["--level", "char", "--emsize", "16", "--nhid", "32", "--nlayers", "1", "--dropout", "0",
              "--batch-size", "8", "--bptt", "20", "--eval-batch-size", "4", "--device", "cpu",
@@ -222,9 +223,11 @@ def test_char_defaults_apply_only_at_char_level():
 
 def test_help_states_each_kind_of_runs_default():
     # char awd-lstm has 2 layers although awd-lstm has 3: --help must not imply 3.
-    assert config.default_note("nlayers") == " (default: 2, 3 for awd-lstm, 2 for char awd-lstm)"
-    assert config.default_note("emsize") == " (default: 200, 400 for awd-lstm, 128 for char and char awd-lstm)"
-    for awd, char in [(False, False), *config.KINDS.values()]:
-        argv = ["--device", "cpu"] + ["--model", "awd-lstm"] * awd + ["--level", "char"] * char
+    assert config.default_note("nlayers") == (" (default: 2, 3 for awd-lstm, 4 for qrnn and transformer, "
+                                              "2 for char awd-lstm and char qrnn)")
+    assert config.default_note("emsize") == (" (default: 200, 400 for awd-lstm and qrnn, 256 for transformer, "
+                                             "128 for char and char awd-lstm and char qrnn)")
+    for kind_family, char in [(None, False), *defaults.KINDS.values()]:
+        argv = ["--device", "cpu"] + ["--model", kind_family] * bool(kind_family) + ["--level", "char"] * char
         cfg, _, _ = config.resolve_config(argv)
-        assert cfg["nlayers"] == config.base_defaults(awd, char)["nlayers"]
+        assert cfg["nlayers"] == defaults.base_defaults(kind_family or "baseline", char)["nlayers"]

@@ -24,7 +24,7 @@ def test_errors_are_one_line_at_the_process_level(trained_run, tmp_path, env):
     saved, folder = trained_run
     for script, args, message in [
         ("train.py", ["--data", tmp_path / "nope"], "no such folder"),
-        ("train.py", ["--model", "transformer"], "invalid choice"),
+        ("train.py", ["--model", "mamba"], "invalid choice"),
         ("evaluate.py", [tmp_path], "has no model.pt"),
         ("generate.py", [saved, "--temperature", "0"], "--temperature must be > 0"),
     ]:

@@ -17,8 +17,9 @@ from lm.decoder import (
     model_scores,
 )
 from lm.head import detach_hidden
+from lm.models import build_model
 from lm.precision import autocast
-from model import AWDConfig, ModelConfig, build_model
+from model import AWDConfig, ModelConfig
 
 
 def reference_grads(features, weight, bias, targets, scale):

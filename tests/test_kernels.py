@@ -17,9 +17,10 @@ from data import batchify, load_corpus
 from helpers import TINY, needs_bf16_cpu
 from lm import config, memory, recurrence, scoring, trainrun
 from lm.head import detach_hidden
+from lm.models import build_model
 from lm.precision import autocast, bf16_is_fast
 from lm.recurrence import fused_lstm, lstm_sequence
-from model import AWDConfig, ModelConfig, WeightDropLSTM, build_model, dropout_mask
+from model import AWDConfig, ModelConfig, WeightDropLSTM, dropout_mask
 
 AWD_SMALL = ["--model", "awd-lstm", "--emsize", "16", "--nhid", "32", "--nlayers", "2", "--batch-size", "8",
              "--bptt", "10", "--device", "cpu", "--dtype", "fp32", "--max-batches", "5"]

@@ -5,7 +5,8 @@ import torch
 
 import train
 from helpers import TINY
-from model import RNN_TYPES, ModelConfig, RNNModel, build_model
+from lm.models import build_model
+from model import RNN_TYPES, ModelConfig, RNNModel
 
 
 @pytest.mark.parametrize("model", RNN_TYPES)

@@ -58,7 +58,9 @@ def test_dynamic_evaluation_uses_batch_1_on_every_split(trained_run, tmp_path, s
 
 
 class FixedLogits(torch.nn.Module):
-    """A stand-in model whose next-token logits are always `logits`."""
+    """A stand-in model whose next-token logits are always `logits`; carries state like a recurrent one."""
+
+    context_window = None
 
     def __init__(self, logits):
         super().__init__()
