@@ -122,3 +122,18 @@ def step_by_step(x, w_ih, w_hh, b_ih, b_hh):
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
     return torch.stack(outs)
+
+
+def spy_on_masks(monkeypatch, *modules):
+    """Record every dropout mask that `modules` draw through their dropout_mask, as (shape, p,
+    mask), in order; returns the list, which fills as the masks are drawn."""
+    drawn, real = [], modules[0].dropout_mask
+
+    def spy(shape, p, device):
+        mask = real(shape, p, device)
+        drawn.append((tuple(shape), p, mask))
+        return mask
+
+    for module in modules:
+        monkeypatch.setattr(module, "dropout_mask", spy)
+    return drawn

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import model as model_module
+from helpers import spy_on_masks
 from lm import qrnn
 from lm.head import detach_hidden, map_hidden
 from lm.qrnn import QRNNConfig, QRNNLayer, QRNNModel, fo_pool
@@ -106,16 +107,7 @@ def test_two_halves_with_the_carried_state_equal_one_whole_sequence(split):
 @pytest.fixture
 def masks(monkeypatch):
     """Every dropout mask drawn, by the model's dropouts and the QRNN's weight drop, in order."""
-    drawn, real = [], model_module.dropout_mask
-
-    def spy(shape, p, device):
-        mask = real(shape, p, device)
-        drawn.append((tuple(shape), p, mask))
-        return mask
-
-    monkeypatch.setattr(model_module, "dropout_mask", spy)
-    monkeypatch.setattr(qrnn, "dropout_mask", spy)
-    return drawn
+    return spy_on_masks(monkeypatch, model_module, qrnn)
 
 
 def test_weight_drop_masks_the_whole_linear_weight_once_per_call_in_training_only(masks):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import model as model_module
 import train
 from data import batchify, load_corpus
-from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, step_by_step, weights
+from helpers import AWD_TINY, TINY, metrics, needs_bf16_cpu, spy_on_masks, step_by_step, weights
 from lm import config, training, trainrun
 from lm.checkpoint import load_checkpoint
 from lm.head import detach_hidden
@@ -98,15 +98,7 @@ def test_decoder_bias_starts_at_zero():
 @pytest.fixture
 def masks(monkeypatch):
     """Every dropout mask drawn, as (shape, p, mask), in order."""
-    drawn, real = [], model_module.dropout_mask
-
-    def spy(shape, p, device):
-        mask = real(shape, p, device)
-        drawn.append((tuple(shape), p, mask))
-        return mask
-
-    monkeypatch.setattr(model_module, "dropout_mask", spy)
-    return drawn
+    return spy_on_masks(monkeypatch, model_module)
 
 
 @pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
