@@ -213,8 +213,7 @@ class AWDLSTM(LanguageModel):
         super().__init__()
         self.cfg = cfg
         self.encoder = nn.Embedding(cfg.vocab_size, cfg.emsize)
-        self.rnns = nn.ModuleList(WeightDropLSTM(i, h, cfg.dropout_weight, lstm_kernel)
-                                  for i, h in cfg.layer_sizes())
+        self.rnns = nn.ModuleList(self.recurrent_layers(cfg, lstm_kernel))
         self.drop_input = LockedDropout(cfg.dropout_input, cfg.locked_dropout)
         self.drop_hidden = LockedDropout(cfg.dropout_hidden, cfg.locked_dropout)
         self.drop_output = LockedDropout(cfg.dropout_output, cfg.locked_dropout)
@@ -225,6 +224,11 @@ class AWDLSTM(LanguageModel):
             self.decoder.weight = self.encoder.weight
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    @staticmethod
+    def recurrent_layers(cfg, lstm_kernel):
+        """The weight-dropped LSTM layers, in order; the QRNN swaps in its own (lm/qrnn.py)."""
+        return [WeightDropLSTM(i, h, cfg.dropout_weight, lstm_kernel) for i, h in cfg.layer_sizes()]
 
     def features(self, tokens, hidden, tied=None):
         """tokens (seq_len, batch); hidden: one (h, c) per layer, each (1, batch, size); tied: see

@@ -7,16 +7,20 @@
 # the end of the budget, so a late step never costs the earlier ones: their results are already in
 # OUTDIR, rewritten after every step. The steps: the GPU, torch, CUDA and cuDNN versions;
 # `pytest -m cuda`; bench.py, ours against a plain nn.LSTM model, bf16 and fp32; the awd-lstm-gpu
-# preset trained for MINUTES - 3 minutes; WikiText-2 test at batch 1, plain, with the cache, and
-# with dynamic evaluation (its statistics capped at DYN_STAT_BATCHES segments; it gets the time
-# left, and a pass that runs out reports the perplexity of the text it scored); a sample; with
-# --profile (or PROFILE=1), a few training batches under torch.profiler (experiments.gpu_profile).
+# preset and the QRNN's qrnn-gpu, each trained for half of MINUTES - 3 minutes (the same budget, so
+# the two rows are a head-to-head); WikiText-2 test at batch 1, plain and with the cache, for both;
+# for AWD-LSTM also with dynamic evaluation (its statistics capped at DYN_STAT_BATCHES segments; it
+# gets the time left, and a pass that runs out reports the perplexity of the text it scored); a
+# sample; with --profile (or PROFILE=1), a few training batches under torch.profiler
+# (experiments.gpu_profile).
 # OUTDIR (new or empty) gets summary.md, summary.json, logs.tar.gz (every log) and, with
 # --profile, profile.txt. The run directory (weights) stays in WORK (default: a new temporary
 # folder), printed at the start. A failing step's exit status is recorded and the script goes on.
 #
 # Environment, to change what runs (the tests shrink it to seconds on a CPU): PY (python3), DEVICE
-# (cuda), PRESET (awd-lstm-gpu), TRAIN_ARGS (more train.py flags), CACHE_ARGS (evaluate.py's cache
+# (cuda), PRESET (awd-lstm-gpu), QRNN_PRESET (qrnn-gpu), QRNN_MINUTES (its training minutes, half
+# of MINUTES - 3 by default, the rest going to PRESET; 0 leaves the QRNN out), TRAIN_ARGS (more
+# train.py flags, for both), CACHE_ARGS (evaluate.py's cache
 # flags; WikiText-2 has defaults), BENCH_ARGS, PYTEST_ARGS, DYN_STAT_BATCHES (1000), PROMPT (the
 # sample's, "the meaning of"), WORK, and the
 # deadlines in seconds: CAP_VERSIONS (30), CAP_TESTS (90), CAP_BENCH (60), CAP_TRAIN_EXTRA (60,
@@ -32,6 +36,10 @@ if [ "${1:-}" = "--profile" ]; then PROFILE=1; shift; fi
 MINUTES=$1
 awk -v m="$MINUTES" 'BEGIN { exit !(m ~ /^[0-9]*\.?[0-9]+$/ && m > 3) }' \
     || die "MINUTES must be a number above 3 (3 minutes go to everything but training), got '$MINUTES'"
+QRNN_PRESET=${QRNN_PRESET:-qrnn-gpu}
+QRNN_MINUTES=${QRNN_MINUTES:-$(awk -v m="$MINUTES" 'BEGIN { print (m - 3) / 2 }')}
+awk -v q="$QRNN_MINUTES" -v m="$MINUTES" 'BEGIN { exit !(q ~ /^[0-9]*\.?[0-9]+$/ && q < m - 3) }' \
+    || die "QRNN_MINUTES must be a number from 0 to below MINUTES - 3, got '$QRNN_MINUTES'"
 mkdir -p "$2" 2>/dev/null || die "cannot create OUTDIR $2"
 OUT=$(cd "$2" && pwd)
 [ -z "$(ls -A "$OUT")" ] || die "OUTDIR $OUT is not empty; give a new folder"
@@ -45,11 +53,11 @@ WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-reproduce.XXXXXX")}
 RESERVE=${RESERVE:-20}
 T0=$(date +%s)
 END=$(awk -v t="$T0" -v m="$MINUTES" 'BEGIN { printf "%d", t + (m + 3) * 60 }')
-TRAIN_MINUTES=$(awk -v m="$MINUTES" 'BEGIN { print m - 3 }')
+TRAIN_MINUTES=$(awk -v m="$MINUTES" -v q="$QRNN_MINUTES" 'BEGIN { print m - 3 - q }')
 LOGS=$WORK/logs; RUN=$WORK/run
 mkdir -p "$LOGS" || die "cannot create $LOGS"
 export PYTHONUNBUFFERED=1
-echo "gpu_reproduce: $MINUTES minutes, training $TRAIN_MINUTES; logs and run directory in $WORK; results in $OUT"
+echo "gpu_reproduce: $MINUTES minutes, training $PRESET $TRAIN_MINUTES and $QRNN_PRESET $QRNN_MINUTES; logs and run directory in $WORK; results in $OUT"
 
 report() {  # the summary and the archive, as they stand
     local pass=()
@@ -108,13 +116,20 @@ cat "$LOGS/versions.txt"
 step tests "${CAP_TESTS:-90}" tests.log $PY -m pytest $PYTEST_ARGS -p no:cacheprovider
 # shellcheck disable=SC2086  # the *_ARGS variables are word lists
 step bench "${CAP_BENCH:-60}" bench.log $PY bench.py $BENCH_ARGS --device "$DEVICE" --json "$LOGS/bench.json"
-TRAIN_CAP=$(awk -v m="$TRAIN_MINUTES" -v x="${CAP_TRAIN_EXTRA:-60}" 'BEGIN { printf "%d", m * 60 + x }')
-step train "$TRAIN_CAP" train.log $PY train.py --preset "$PRESET" --max-minutes "$TRAIN_MINUTES" --device "$DEVICE" \
-    --save "$RUN" $TRAIN_ARGS
-cp "$RUN/metrics.jsonl" "$RUN/config.json" "$LOGS/" 2>/dev/null
-step test "${CAP_SCORE:-45}" test.log $PY evaluate.py "$RUN" --split test --device "$DEVICE" --json "$LOGS/test.json"
-step test-cache "${CAP_SCORE:-45}" test-cache.log $PY evaluate.py "$RUN" --split test --cache $CACHE_ARGS \
-    --device "$DEVICE" --json "$LOGS/test-cache.json"
+train_and_test() {  # train_and_test PREFIX PRESET MINUTES RUN: one model's training and test rows
+    local cap
+    cap=$(awk -v m="$3" -v x="${CAP_TRAIN_EXTRA:-60}" 'BEGIN { printf "%d", m * 60 + x }')
+    step "${1}train" "$cap" "${1}train.log" $PY train.py --preset "$2" --max-minutes "$3" --device "$DEVICE" \
+        --save "$4" $TRAIN_ARGS
+    cp "$4/metrics.jsonl" "$LOGS/${1}metrics.jsonl" 2>/dev/null
+    cp "$4/config.json" "$LOGS/${1}config.json" 2>/dev/null
+    step "${1}test" "${CAP_SCORE:-45}" "${1}test.log" $PY evaluate.py "$4" --split test --device "$DEVICE" \
+        --json "$LOGS/${1}test.json"
+    step "${1}test-cache" "${CAP_SCORE:-45}" "${1}test-cache.log" $PY evaluate.py "$4" --split test --cache \
+        $CACHE_ARGS --device "$DEVICE" --json "$LOGS/${1}test-cache.json"
+}
+train_and_test "" "$PRESET" "$TRAIN_MINUTES" "$RUN"
+awk -v q="$QRNN_MINUTES" 'BEGIN { exit !(q > 0) }' && train_and_test qrnn- "$QRNN_PRESET" "$QRNN_MINUTES" "$WORK/qrnn-run"
 step sample "${CAP_SAMPLE:-30}" sample.log $PY generate.py "$RUN" --device "$DEVICE" --temperature 0.8 --words 80 \
     --seed 1 --prompt "${PROMPT:-the meaning of}"
 if [ "$PROFILE" = 1 ]; then

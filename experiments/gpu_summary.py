@@ -3,7 +3,8 @@
     python -m experiments.gpu_summary LOGS OUT [--dyn-pass FILE]
 
 LOGS is the script's log folder; each file is read when it is there, so the summary can be made
-after any step. steps.tsv holds one line per step: name, exit status, seconds, deadline (seconds).
+after any step. Files named qrnn-* are the QRNN's training and test, beside the main preset's.
+steps.tsv holds one line per step: name, exit status, seconds, deadline (seconds).
 --dyn-pass: dynamic evaluation's kept pass (evaluate.py --dyn-checkpoint), which exists only when
 the pass was stopped by its deadline; its sums so far give the perplexity of the text scored.
 """
@@ -55,17 +56,18 @@ def bench(logs):
             for run in report["runs"]}
 
 
-def training(logs):
-    rows = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()
-            if line.strip()] if (logs / "metrics.jsonl").exists() else []
+def training(logs, prefix=""):
+    """One model's training: PREFIX is "" for the main preset's logs, "qrnn-" for the QRNN's."""
+    metrics = logs / f"{prefix}metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
     if not rows:
         return {}
     best = min(rows, key=lambda r: r["val_loss"])
     speeds = sorted(r["train_tokens_per_s"] for r in rows)
-    config = read_json(logs / "config.json") or {}
+    config = read_json(logs / f"{prefix}config.json") or {}
     return {"preset": config.get("preset"), "dtype": config.get("dtype"), "epochs": rows[-1]["epoch"],
             "minutes": rows[-1]["minutes"], "best_val_ppl": round(best["val_ppl"], 2), "best_epoch": best["epoch"],
-            "median_train_tokens_per_s": speeds[len(speeds) // 2]}
+            "median_train_tokens_per_s": round(speeds[len(speeds) // 2])}
 
 
 def partial_pass(path, bptt=5):
@@ -77,8 +79,9 @@ def partial_pass(path, bptt=5):
             "seconds": round(saved["seconds"], 1)}
 
 
-def scores(logs, dyn_pass=None):
-    plain, cache, dynamic = (read_json(logs / f"{name}.json") for name in ("test", "test-cache", "test-dynamic"))
+def scores(logs, dyn_pass=None, prefix=""):
+    plain, cache, dynamic = (read_json(logs / f"{prefix}{name}.json")
+                             for name in ("test", "test-cache", "test-dynamic"))
     out = {}
     if plain:
         out.update(test_ppl=round(plain["ppl"], 2), test_seconds=plain["seconds"], test_tokens=plain["tokens"])
@@ -103,6 +106,7 @@ def summarize(logs, dyn_pass=None):
     speed = bench(logs)
     result = {"versions": versions, "steps": steps(logs), "tests": last_line(logs / "tests.log"),
               "bench": speed, "train": training(logs), "test": scores(logs, dyn_pass),
+              "qrnn": {"train": training(logs, "qrnn-"), "test": scores(logs, prefix="qrnn-")},
               "sample": (logs / "sample.log").read_text(errors="replace").strip()
               if (logs / "sample.log").exists() else None, "profile": read_json(logs / "profile.json")}
     # The targets are the WikiText-2 model's: test scores of a run on it, bench.py at its shape.
@@ -128,6 +132,7 @@ def markdown(s):
                   f"{b['ours_eval']:,} | {b['plain_eval']:,} | {b['eval_ratio']} |" for dtype, b in s["bench"].items()]
         lines.append("")
     lines += [f"Training: {json.dumps(s['train'])}", "", f"Test: {json.dumps(s['test'])}", ""]
+    lines += head_to_head(s)
     lines += ["| target | bound | got | met |", "|---|---:|---:|---|"]
     lines += [f"| {t['what']} | {t['target']} | {t['got']} | {t['met']} |" for t in s["targets"]]
     if s["profile"]:
@@ -135,6 +140,21 @@ def markdown(s):
     if s["sample"]:
         lines += ["", "Sample:", "", "```text", s["sample"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def head_to_head(s):
+    """The main preset's and the QRNN's rows side by side, when the QRNN was trained."""
+    if not s["qrnn"]["train"]:
+        return []
+    lines = ["| model (preset) | minutes | epochs | train tokens/s | best val | test | with the cache |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for run in (s, s["qrnn"]):
+        t, test = run["train"], run["test"]
+        speed = t.get("median_train_tokens_per_s")
+        cells = (t.get("preset"), t.get("minutes"), t.get("epochs"), speed and f"{speed:,}", t.get("best_val_ppl"),
+                 test.get("test_ppl"), test.get("cache_ppl"))
+        lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    return lines + [""]
 
 
 def main(argv=None):

@@ -67,3 +67,8 @@ PRESETS = {
     "transformer-cpu-2h": {"model": "transformer", "data": "wikitext-2", "schedule": "cosine", "warmup": 0.05,
                            "epochs": 40, "max_minutes": 120.0, "checkpoint_every": 10.0},
 }
+# The QRNN on awd-lstm-gpu's budget, for gpu_reproduce.sh's head-to-head: that preset's optimizer, schedule,
+# batch, bptt, clip and AR/TAR with qrnn-wt2's model, seed and dropouts (the original code's QRNN command;
+# its other two dropouts are the defaults, which awd-lstm-gpu's equal). Untuned.
+PRESETS["qrnn-gpu"] = {**PRESETS["awd-lstm-gpu"], **{key: PRESETS["qrnn-wt2"][key] for key in (
+    "model", "nhid", "nlayers", "seed", "dropout_input", "dropout_hidden", "dropout_weight")}}

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lm.head import LanguageModel
-from model import AWDLSTM, AWDConfig, ConfigMixin, LockedDropout, dropout_mask
+from model import AWDLSTM, AWDConfig, ConfigMixin, dropout_mask
 
 
 class _ForgetMult(torch.autograd.Function):
@@ -172,21 +172,11 @@ class QRNNModel(AWDLSTM):
 
     lstm_kernel = LanguageModel.lstm_kernel  # no LSTM layers: every kernel choice is a no-op
 
-    def __init__(self, cfg: QRNNConfig):
-        LanguageModel.__init__(self)  # not AWDLSTM's, which builds LSTM layers
-        self.cfg = cfg
-        self.encoder = nn.Embedding(cfg.vocab_size, cfg.emsize)
-        self.rnns = nn.ModuleList(QRNNLayer(i, h, w, cfg.dropout_weight)
-                                  for (i, h), w in zip(cfg.layer_sizes(), cfg.windows(), strict=True))
-        self.drop_input, self.drop_hidden, self.drop_output = (
-            LockedDropout(p, cfg.locked_dropout) for p in (cfg.dropout_input, cfg.dropout_hidden, cfg.dropout_output))
-        self.decoder = nn.Linear(cfg.layer_sizes()[-1][1], cfg.vocab_size)
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if cfg.tied:
-            self.decoder.weight = self.encoder.weight
-        else:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+    @staticmethod
+    def recurrent_layers(cfg, lstm_kernel):
+        """The weight-dropped QRNN layers: window 2 on the first, 1 on the others (cfg.windows)."""
+        return [QRNNLayer(i, h, w, cfg.dropout_weight)
+                for (i, h), w in zip(cfg.layer_sizes(), cfg.windows(), strict=True)]
 
     def init_hidden(self, batch_size):
         return [rnn.init_state(batch_size, self.encoder.weight) for rnn in self.rnns]

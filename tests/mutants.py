@@ -218,8 +218,16 @@ MUTANTS = {
     "qrnn-weight-drop-not-applied": ("lm/qrnn.py", "F.linear(source, self.dropped_weight(), self.bias)",
                                      "F.linear(source, self.weight, self.bias)"),
     "qrnn-weight-drop-in-eval": ("lm/qrnn.py", "if self.training and self.weight_drop:", "if self.weight_drop:"),
-    "qrnn-tied-by-a-copy": ("lm/qrnn.py", "self.decoder.weight = self.encoder.weight",
-                            "self.decoder.weight = nn.Parameter(self.encoder.weight.detach().clone())"),
+    "qrnn-tied-by-a-copy": ("model.py", "nn.init.zeros_(self.decoder.bias)\n        if cfg.tied:\n"
+                            "            self.decoder.weight = self.encoder.weight",
+                            "nn.init.zeros_(self.decoder.bias)\n        if cfg.tied:\n"
+                            "            self.decoder.weight = nn.Parameter(self.encoder.weight.detach().clone())"),
+    "qrnn-window-1-on-every-layer": ("lm/qrnn.py", "zip(cfg.layer_sizes(), cfg.windows(), strict=True)",
+                                     "zip(cfg.layer_sizes(), [1] * cfg.nlayers, strict=True)"),
+    "qrnn-gpu-preset-keeps-the-lstm-weight-drop": ("lm/presets.py", '"seed", "dropout_input", "dropout_hidden", '
+                                                   '"dropout_weight")', '"seed", "dropout_input", "dropout_hidden")'),
+    "gpu-summary-qrnn-row-reads-the-main-logs": ("experiments/gpu_summary.py", 'training(logs, "qrnn-")',
+                                                 "training(logs)"),
     "transformer-mask-sees-the-next-position": ("lm/transformer.py", "dtype=torch.bool, device=device).tril()",
                                                 "dtype=torch.bool, device=device).tril(1)"),
     "transformer-mask-hides-each-position-from-itself": ("lm/transformer.py",

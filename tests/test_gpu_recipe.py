@@ -1,4 +1,4 @@
-"""The GPU-budget preset (awd-lstm-gpu) against the recipe it cites, and its lr schedule."""
+"""The GPU-budget presets (awd-lstm-gpu, qrnn-gpu) against the recipes they cite, and the lr schedule."""
 import pytest
 
 from lm.config import ConfigError, resolve_config
@@ -27,6 +27,20 @@ def test_gpu_preset_is_the_published_recipe_over_twelve_minutes():
     for key, value in PUBLISHED.items():
         assert cfg[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert cfg["schedule"] == "onecycle-flat" and cfg["max_minutes"] == 12.0 and cfg["variable_bptt"]
+
+
+# What qrnn-gpu takes from qrnn-wt2 (the original code's QRNN command); everything else is awd-lstm-gpu's.
+QRNN_KEYS = ("model", "nhid", "nlayers", "seed", "dropout_input", "dropout_hidden", "dropout_weight",
+             "dropout_output", "dropout_embedding", "emsize", "tied")
+
+
+def test_qrnn_gpu_preset_is_the_gpu_recipe_with_the_qrnn_command_s_model():
+    def config(preset):
+        cfg, _, _ = resolve_config(["--preset", preset, "--device", "cpu", "--dtype", "fp32", "--save", "x"])
+        return {k: v for k, v in cfg.items() if k != "preset"}
+    qrnn, gpu, command = config("qrnn-gpu"), config("awd-lstm-gpu"), config("qrnn-wt2")
+    assert qrnn == {**gpu, **{k: command[k] for k in QRNN_KEYS}}
+    assert qrnn["model"] == "qrnn" and qrnn["dropout_weight"] == 0.1 and qrnn["lr"] == 0.005
 
 
 def test_flat_onecycle_follows_the_recipes_phases():

@@ -46,6 +46,32 @@ def test_summary_of_the_h200_record(tmp_path):
     assert "| bf16 | 276,201 | 297,543 | 0.928 | 181,334 | 156,506 | 1.159 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_summary_sets_the_qrnn_beside_the_main_preset(tmp_path):
+    """The h200 record as the main preset's logs and a made-up QRNN's under qrnn-*: each row is
+    read from its own files, and the targets stay the main preset's."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name, as_name in (("awd-metrics.jsonl", "metrics.jsonl"), ("awd-config.json", "config.json"),
+                          ("awd-test.json", "test.json"), ("awd-test-cache.json", "test-cache.json")):
+        shutil.copy(RECORD / name, logs / as_name)
+    rows = [{"epoch": e, "val_loss": math.log(v), "val_ppl": v, "minutes": 2.0 * e, "train_tokens_per_s": t}
+            for e, v, t in ((1, 150.0, 9e5), (2, 120.5, 8e5), (3, 121.0, 7e5))]
+    (logs / "qrnn-metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (logs / "qrnn-config.json").write_text(json.dumps({"preset": "qrnn-gpu", "dtype": "bf16", "data": "wikitext-2"}))
+    (logs / "qrnn-test.json").write_text(json.dumps({"ppl": 111.111, "seconds": 4.0, "tokens": 245569}))
+    cache = {"ppl": 90.0, "seconds": 5.0, "without_cache": {"ppl": 111.1}}
+    (logs / "qrnn-test-cache.json").write_text(json.dumps(cache))
+    assert gpu_summary.main([str(logs), str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["qrnn"]["train"] == {"preset": "qrnn-gpu", "dtype": "bf16", "epochs": 3, "minutes": 6.0,
+                                  "best_val_ppl": 120.5, "best_epoch": 2, "median_train_tokens_per_s": 800000}
+    assert (s["qrnn"]["test"]["test_ppl"], s["qrnn"]["test"]["cache_ppl"]) == (111.11, 90.0)
+    assert s["train"]["preset"] == "awd-lstm-adam" and s["test"]["test_ppl"] == 78.40
+    assert next(t for t in s["targets"] if t["what"] == "WT2 test ppl, plain")["got"] == 78.40
+    table = (tmp_path / "summary.md").read_text()
+    assert "| qrnn-gpu | 6.0 | 3 | 800,000 | 120.5 | 111.11 | 90.0 |" in table and "| awd-lstm-adam |" in table
+
+
 @pytest.mark.slow
 def test_a_stopped_dynamic_pass_reports_the_text_it_scored(trained_run, tmp_path):
     """Killed after its 8th segment (saved after each), the kept pass gives the perplexity of a
@@ -67,12 +93,15 @@ def test_a_stopped_dynamic_pass_reports_the_text_it_scored(trained_run, tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["3", "OUT"], "MINUTES must be a number above 3"), (["ten", "OUT"], "MINUTES must be a number above 3"),
-    (["15"], "usage: experiments/gpu_reproduce.sh"), (["15", "FULL"], "is not empty")])
+    (["15"], "usage: experiments/gpu_reproduce.sh"), (["15", "FULL"], "is not empty"),
+    (["QRNN_MINUTES=12", "15", "OUT"], "QRNN_MINUTES must be a number from 0 to below MINUTES - 3"),
+    (["QRNN_MINUTES=-1", "15", "OUT"], "QRNN_MINUTES must be a number")])
 def test_bad_arguments_are_refused_in_one_line(tmp_path, args, message):
     (tmp_path / "FULL").mkdir()
     (tmp_path / "FULL" / "old.md").write_text("kept")
-    proc = subprocess.run(["bash", str(SCRIPT), *[str(tmp_path / a) if a.isupper() else a for a in args]],
-                          capture_output=True, text=True, check=False)
+    env = {**os.environ, **dict(a.split("=") for a in args if "=" in a)}
+    args = [str(tmp_path / a) if a.isupper() else a for a in args if "=" not in a]
+    proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, check=False, env=env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
     assert (tmp_path / "FULL" / "old.md").read_text() == "kept"
@@ -104,17 +133,24 @@ def test_the_whole_script_runs_tiny_on_the_cpu(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     exits = {r["step"]: r["exit"] for r in s["steps"]}
     assert exits == {"versions": 0, "tests": 5, "bench": 124, "train": 0, "test": 0, "test-cache": 0,
-                     "sample": 0, "profile": 0, "test-dynamic": 0}
+                     "qrnn-train": 0, "qrnn-test": 0, "qrnn-test-cache": 0, "sample": 0, "profile": 0,
+                     "test-dynamic": 0}
     bench = next(r for r in s["steps"] if r["step"] == "bench")
     assert bench["deadline"] == 3 and bench["seconds"] <= 3 + 11
     with tarfile.open(out / "logs.tar.gz") as tar:
         logs = {m.name.removeprefix("logs/"): tar.extractfile(m).read().decode() for m in tar if m.isfile()}
-    rows = [json.loads(line) for line in logs["metrics.jsonl"].splitlines()]
-    assert s["train"]["best_val_ppl"] == round(min(r["val_ppl"] for r in rows), 2)
-    # Ended by its budget, MINUTES - 3 = 0.05 minutes, long before the preset's 90 epochs.
-    assert s["train"]["preset"] == "awd-lstm-gpu" and rows[-1]["minutes"] >= 0.05 and len(rows) < 90
-    for name, key in (("test", "test_ppl"), ("test-cache", "cache_ppl"), ("test-dynamic", "dynamic_ppl")):
-        assert s["test"][key] == round(json.loads(logs[f"{name}.json"])["ppl"], 2)
+    # Each ended by its budget, half of MINUTES - 3 = 0.025 minutes, long before the presets' 90 epochs.
+    for run, prefix, preset in ((s, "", "awd-lstm-gpu"), (s["qrnn"], "qrnn-", "qrnn-gpu")):
+        rows = [json.loads(line) for line in logs[f"{prefix}metrics.jsonl"].splitlines()]
+        assert run["train"]["best_val_ppl"] == round(min(r["val_ppl"] for r in rows), 2)
+        assert run["train"]["preset"] == preset and 0.025 <= rows[-1]["minutes"] < 0.05 and len(rows) < 90
+        assert json.loads(logs[f"{prefix}config.json"])["model"] == preset.removesuffix("-gpu")
+        for name, key in (("test", "test_ppl"), ("test-cache", "cache_ppl")):
+            assert run["test"][key] == round(json.loads(logs[f"{prefix}{name}.json"])["ppl"], 2)
+    assert "test-dynamic.json" in logs and "qrnn-test-dynamic.json" not in logs
+    assert s["test"]["dynamic_ppl"] == round(json.loads(logs["test-dynamic.json"])["ppl"], 2)
+    summary = (out / "summary.md").read_text()
+    assert f"| qrnn-gpu | {s['qrnn']['train']['minutes']} |" in summary and "| awd-lstm-gpu |" in summary
     assert s["test"]["cache_pass_without_cache_ppl"] == s["test"]["test_ppl"]
     assert json.loads(logs["test-dynamic.json"])["dynamic_eval"]["stat_batches"] == 5
     assert s["sample"] == logs["sample.log"].strip() and s["sample"].startswith("the cat")
