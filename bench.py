@@ -98,8 +98,9 @@ class PlainLSTM(LanguageModel):
                 for r in self.rnns]
 
 
-def build(name, vocab_size, dtype, lstm_kernel="auto"):
-    """(model, config for train_step with sizes, batch sizes, bptt and dtype) of a benchmark config."""
+def build(name, vocab_size, dtype, lstm_kernel="auto", batch_size=None):
+    """(model, config for train_step with sizes, batch sizes, bptt and dtype) of a benchmark config;
+    batch_size, if given, replaces its training batch size."""
     spec = CONFIGS[name]
     if "preset" in spec:
         kernel = ["--lstm-kernel", lstm_kernel] if lstm_kernel != "auto" else []
@@ -107,6 +108,7 @@ def build(name, vocab_size, dtype, lstm_kernel="auto"):
     else:
         cfg = {**base_defaults("baseline", False), **spec, "clip": 0.25, "alpha": 0.0, "beta": 0.0, "dtype": dtype,
                "lstm_kernel": lstm_kernel}
+    cfg = {**cfg, "batch_size": batch_size or cfg["batch_size"]}
     return build_model(model_config(cfg, vocab_size), lstm_kernel), cfg
 
 
@@ -232,6 +234,9 @@ def get_parser():
                         "random tokens if it cannot be loaded)")
     p.add_argument("--dtype", choices=DTYPES, nargs="+", default=["fp32"],
                    help="precisions to time, in this order, in one process (default: fp32)")
+    p.add_argument("--batch-size", type=cli.count, default=None,
+                   help="training batch size in place of the config's (evaluation keeps its own; no reference "
+                        "ratios then) (default: the config's)")
     p.add_argument("--steps", type=cli.count, default=30, help="training batches per timed window (default: 30)")
     p.add_argument("--eval-steps", type=cli.count, default=3,
                    help="evaluation calls (of scoring.EVAL_TOKENS tokens each) per timed window (default: 3)")
@@ -261,7 +266,7 @@ def summarize(r, flops, ceiling):
 def bench_dtype(args, dtype, tokens, device, profiles=None):
     """Ours and plain at one precision, with FLOPs, ceiling and ratios; `profiles` (see bench)
     receives our model's."""
-    model, cfg = build(args.config, WT2_VOCAB, dtype, args.lstm_kernel)
+    model, cfg = build(args.config, WT2_VOCAB, dtype, args.lstm_kernel, args.batch_size)
     flops, shapes = model_flops(model.cfg, cfg, model.decoder.in_features, WT2_VOCAB)
     timing = (args.steps, args.eval_steps, args.windows, args.warmup, device)
     ceiling, ceilings = matmul_ceiling(device, dtype, shapes)
@@ -284,7 +289,7 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     if "plain" in results:
         out["ratio_ours_to_plain"] = {p: round(ours[p]["tokens_per_s"] / results["plain"][p]["tokens_per_s"], 3)
                                       for p in ("train", "eval")}
-    ref = REFERENCE.get(args.config)
+    ref = None if args.batch_size else REFERENCE.get(args.config)
     if ref:
         out["ratio_to_reference"] = {p: round(ours[p]["tokens_per_s"] / ref[p], 3) for p in ("train", "eval")
                                      if p in ref}
@@ -352,7 +357,7 @@ def main(argv=None):
               "data": data, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "compile": args.compile, "lstm_kernel": args.lstm_kernel, "steps": args.steps,
               "eval_steps": args.eval_steps, "windows": args.windows, "warmup": args.warmup,
-              "reference": REFERENCE.get(args.config), "runs": runs}
+              "reference": None if args.batch_size else REFERENCE.get(args.config), "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.profile:

@@ -222,6 +222,8 @@ MUTANTS = {
                             "            self.decoder.weight = self.encoder.weight",
                             "nn.init.zeros_(self.decoder.bias)\n        if cfg.tied:\n"
                             "            self.decoder.weight = nn.Parameter(self.encoder.weight.detach().clone())"),
+    "bench-batch-size-ignored": ("bench.py", 'cfg = {**cfg, "batch_size": batch_size or cfg["batch_size"]}',
+                                 "cfg = {**cfg}"),
     "qrnn-window-1-on-every-layer": ("lm/qrnn.py", "zip(cfg.layer_sizes(), cfg.windows(), strict=True)",
                                      "zip(cfg.layer_sizes(), [1] * cfg.nlayers, strict=True)"),
     "qrnn-gpu-preset-keeps-the-lstm-weight-drop": ("lm/presets.py", '"seed", "dropout_input", "dropout_hidden", '

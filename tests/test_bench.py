@@ -112,3 +112,27 @@ def test_bench_times_the_qrnn_against_an_lstm_and_the_transformer_alone(tmp_path
         assert run["model_flops_per_token"]["forward"] == 2 * (2 * (4 * 16 * 16 + 2 * 16 * 32) + 4 * 10 * 16) + decoder
         assert "plain" not in run and "shape_bound" not in run
         assert run["ours"]["eval"]["bptt"] == 12 and run["ours"]["eval"]["batch_size"] == 16
+
+
+def test_batch_size_flag_times_training_at_that_batch_and_drops_the_reference(tmp_path, monkeypatch):
+    """--batch-size 7 on awd-lstm-wt2 (shrunk): training runs 7 rows, the recurrent GEMM shapes have
+    7 rows, evaluation keeps the config's batch, and the reference ratio (at the config's batch) is gone."""
+    monkeypatch.setattr(bench, "WT2_VOCAB", 300)
+    timed = []
+
+    def speed(device, dtype, m, k, n):
+        timed.append((m, k, n))
+        return 1e9
+
+    monkeypatch.setattr(bench, "matmul_speed", speed)
+    monkeypatch.setitem(presets.PRESETS, "awd-lstm-wt2", {**presets.PRESETS["awd-lstm-wt2"], "emsize": 8,
+                                                          "nhid": 16, "nlayers": 2, "bptt": 6, "eval_batch_size": 3})
+    out = tmp_path / "bench.json"
+    assert bench.main(["--config", "awd-lstm-wt2", "--batch-size", "7", "--data", str(tmp_path / "absent"),
+                       "--steps", "1", "--eval-steps", "1", "--windows", "1", "--warmup", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert report["batch_size"] == 7 and run["ours"]["train"]["batch_size"] == 7
+    assert run["ours"]["eval"]["batch_size"] == 3
+    assert (7, 16, 64) in timed and not any(m == 80 for m, _, _ in timed)
+    assert report["reference"] is None and "ratio_to_reference" not in run
