@@ -16,26 +16,10 @@
 # resumed from its last.pt and a split that already has its JSON is not scored again.
 set -e
 cd "$(dirname "$0")/.."
-R=${RUNS:-$HOME/runs}
 OUT=${OUT:-results/headline}
-mkdir -p "$OUT"
+export OUT
 for preset in ${@:-lstm-cpu-2h awd-lstm-cpu-2h}; do
-  run=$R/$preset
-  if [ ! -f "$run/config.json" ] && [ -f "$OUT/$preset-test.json" ]; then
-    echo "$preset: scored already ($OUT/$preset-*), its run directory is gone; not trained again"
-    continue
-  fi
-  if [ -f "$run/config.json" ]; then
-    python train.py --resume "$run" >> "$OUT/$preset-train.log" 2>&1
-  else
-    python train.py --preset "$preset" --save "$run" > "$OUT/$preset-train.log" 2>&1
-  fi
-  for split in valid test; do
-    [ -f "$OUT/$preset-$split.json" ] || python evaluate.py "$run" --split $split \
-      --json "$OUT/$preset-$split.json" >> "$OUT/$preset-eval.log" 2>&1
-  done
-  cp "$run/metrics.jsonl" "$OUT/$preset-metrics.jsonl"
-  cp "$run/config.json" "$OUT/$preset-config.json"
+  sh experiments/cpu_run.sh "$preset" --preset "$preset"
 done
 # The curves come from the copies above, so they can be drawn after a run directory is gone: every
 # preset with metrics in $OUT, once there are two.
