@@ -263,6 +263,11 @@ def summarize(r, flops, ceiling):
         r[phase]["fraction_of_ceiling"] = round(achieved / ceiling, 3)
 
 
+def reference(args):
+    """REFERENCE's entry for the config, measured at its own batch size (so none at another)."""
+    return None if args.batch_size else REFERENCE.get(args.config)
+
+
 def bench_dtype(args, dtype, tokens, device, profiles=None):
     """Ours and plain at one precision, with FLOPs, ceiling and ratios; `profiles` (see bench)
     receives our model's."""
@@ -289,7 +294,7 @@ def bench_dtype(args, dtype, tokens, device, profiles=None):
     if "plain" in results:
         out["ratio_ours_to_plain"] = {p: round(ours[p]["tokens_per_s"] / results["plain"][p]["tokens_per_s"], 3)
                                       for p in ("train", "eval")}
-    ref = None if args.batch_size else REFERENCE.get(args.config)
+    ref = reference(args)
     if ref:
         out["ratio_to_reference"] = {p: round(ours[p]["tokens_per_s"] / ref[p], 3) for p in ("train", "eval")
                                      if p in ref}
@@ -357,7 +362,7 @@ def main(argv=None):
               "data": data, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "compile": args.compile, "lstm_kernel": args.lstm_kernel, "steps": args.steps,
               "eval_steps": args.eval_steps, "windows": args.windows, "warmup": args.warmup,
-              "reference": None if args.batch_size else REFERENCE.get(args.config), "runs": runs}
+              "reference": reference(args), "runs": runs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.profile:
